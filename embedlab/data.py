@@ -1,0 +1,345 @@
+"""Dataset registry. A dataset knows its classes, input shape and normalisation, and yields ``(x, y)`` with
+images as float tensors in [0, 1] (normalisation is the model's first operation, see :mod:`embedlab.models`).
+
+Splits are ``train``, ``val`` and ``test``. Where a dataset has no validation split, ``val`` is carved from the
+training set by a seeded permutation (``val_fraction``, ``split_seed``), so model selection and temperature scaling
+never touch ``test``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+from embedlab.errors import EmbedlabError
+from embedlab.registry import Registry
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset."""
+
+    name: str
+    classes: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    default_model: str
+    is_image: bool = True
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class TensorData(Dataset):
+    """In-memory dataset with batched ``__getitems__`` (no per-example Python overhead in the DataLoader)."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"inputs and labels differ in length: {len(x)} vs {len(y)}")
+        self.x, self.y = x, y.long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.x[i], self.y[i]
+
+    def __getitems__(self, idx: list[int]) -> tuple[Tensor, Tensor]:
+        t = torch.as_tensor(idx)
+        return self.x[t], self.y[t]
+
+
+def collate_batched(batch: Any) -> Any:
+    """Collate for :class:`TensorData` (already batched) and ordinary lists of ``(x, y)`` pairs alike."""
+    if isinstance(batch, tuple):
+        return batch
+    return torch.utils.data.default_collate(batch)
+
+
+class DataSource:
+    """A registered dataset: ``info`` plus ``split(name, augment)`` returning a torch ``Dataset``."""
+
+    info: DatasetInfo
+
+    def split(self, name: str, augment: bool = False) -> Dataset:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description recorded in checkpoints (enough to rebuild the same data)."""
+        return {"name": self.info.name}
+
+    @staticmethod
+    def _check_split(name: str) -> None:
+        if name not in SPLITS:
+            raise EmbedlabError(f"unknown split {name!r}; known: {', '.join(SPLITS)}")
+
+
+DATASETS: Registry[Callable[..., DataSource]] = Registry("dataset")
+register_dataset = DATASETS.register
+
+
+def carve_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``range(n)`` into (train indices, val indices), ``round(n·val_fraction)`` for val."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise EmbedlabError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+# --------------------------------------------------------------------------------------------------- digits
+@register_dataset("digits", description="scikit-learn's 1,797 8×8 handwritten digits (shipped; fixed seeded 70/10/20 split)")
+class Digits(DataSource):
+    """``sklearn.datasets.load_digits``: pixel values 0..16 scaled to [0, 1], shape (1, 8, 8).
+
+    Fixed split (stratified, ``random_state=0``): 20 % test, then 1/8 of the rest as val → 1257 / 180 / 360.
+    """
+
+    def __init__(self, root: str | None = None, download: bool = False) -> None:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        d = load_digits()
+        x = torch.tensor(d.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+        y = torch.tensor(d.target, dtype=torch.long)
+        idx = np.arange(len(y))
+        rest, test = train_test_split(idx, test_size=0.2, stratify=d.target, random_state=0)
+        train, val = train_test_split(rest, test_size=1 / 8, stratify=d.target[rest], random_state=0)
+        self._parts = {s: TensorData(x[np.sort(i)], y[np.sort(i)]) for s, i in
+                       (("train", train), ("val", val), ("test", test))}
+        xt = self._parts["train"].x
+        self.info = DatasetInfo("digits", tuple(str(c) for c in range(10)), (1, 8, 8),
+                                (round(float(xt.mean()), 4),), (round(float(xt.std()), 4),), "cnn-gap")
+
+    def split(self, name: str, augment: bool = False) -> Dataset:
+        self._check_split(name)
+        return self._parts[name]
+
+
+# -------------------------------------------------------------------------------------------------- toy-gmm
+@dataclass(frozen=True)
+class GMMSpec:
+    """Seed 002's toy problem: class k is an equal-weight mixture of Gaussians N(μ, σ²I) in R².
+
+    ``means[k]`` has shape (N_k, 2); ``sigma`` is shared by all components; priors are equal.
+    """
+
+    means: tuple[np.ndarray, ...]
+    sigma: float
+    priors: tuple[float, ...] = field(default=())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.means)
+
+    @staticmethod
+    def random(num_classes: int, rng: np.random.Generator, max_components: int = 8,
+               sigma_range: tuple[float, float] = (0.05, 0.5)) -> "GMMSpec":
+        """METHODS.md §2 defaults: μ ~ U([−1, 1]²), N ~ U{1..8} per class, σ ~ U(0.05, 0.5)."""
+        means = tuple(rng.uniform(-1, 1, size=(int(rng.integers(1, max_components + 1)), 2))
+                      for _ in range(num_classes))
+        sigma = float(rng.uniform(*sigma_range))
+        return GMMSpec(means, sigma, tuple([1.0 / num_classes] * num_classes))
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` i.i.d. draws: y ~ Cat(π), component uniform within the class, x ~ N(μ, σ²I)."""
+        y = rng.choice(self.num_classes, size=n, p=np.asarray(self.priors))
+        x = np.empty((n, 2))
+        for k, mu in enumerate(self.means):
+            sel = np.flatnonzero(y == k)
+            comp = rng.integers(0, len(mu), size=len(sel))
+            x[sel] = mu[comp] + self.sigma * rng.standard_normal((len(sel), 2))
+        return x, y
+
+
+@register_dataset("toy-gmm", description="seed 002's 2-D Gaussian-mixture classes (generated; options K, seed, n_train)")
+class ToyGMM(DataSource):
+    def __init__(self, root: str | None = None, download: bool = False, K: int = 3, seed: int = 0,
+                 n_train: int = 1000, n_val: int = 1000, n_test: int = 20000) -> None:
+        if K < 2:
+            raise EmbedlabError(f"toy-gmm needs K >= 2 classes, got {K}")
+        rng = np.random.default_rng(seed)
+        self.spec = GMMSpec.random(K, rng)
+        self.options = {"K": K, "seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test}
+        self._parts = {}
+        for s, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+            x, y = self.spec.sample(n, rng)
+            self._parts[s] = TensorData(torch.tensor(x, dtype=torch.float32), torch.tensor(y))
+        self.info = DatasetInfo("toy-gmm", tuple(f"class {k}" for k in range(K)), (2,), None, None, "mlp",
+                                is_image=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "toy-gmm", **self.options}
+
+    def split(self, name: str, augment: bool = False) -> Dataset:
+        self._check_split(name)
+        return self._parts[name]
+
+
+# ----------------------------------------------------------------------------------------- image datasets
+def _image_transform(size: int, augment: bool, flip: bool, resize: int | None = None) -> Callable:
+    from torchvision import transforms as T
+
+    ops: list[Any] = [T.Resize((resize, resize))] if resize else []
+    if augment:
+        ops.append(T.RandomCrop(size, padding=max(1, size // 8)))
+        if flip:
+            ops.append(T.RandomHorizontalFlip())
+    ops.append(T.ToTensor())
+    return T.Compose(ops)
+
+
+class _SplitImages(DataSource):
+    """Shared logic for image datasets with a train and a test set; val is carved from train."""
+
+    flip = True
+
+    def __init__(self, root: str | None, val_fraction: float, split_seed: int) -> None:
+        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.root = root
+
+    def _base(self, train: bool, transform: Callable) -> Dataset:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _size(self) -> int:
+        return self.info.input_shape[-1]
+
+    def split(self, name: str, augment: bool = False) -> Dataset:
+        self._check_split(name)
+        tf = _image_transform(self._size(), augment and name == "train", self.flip, getattr(self, "resize", None))
+        if name == "test":
+            return self._base(False, tf)
+        base = self._base(True, tf)
+        tr, va = carve_val(len(base), self.val_fraction, self.split_seed)
+        return Subset(base, (tr if name == "train" else va).tolist())
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.info.name, "root": str(self.root), "val_fraction": self.val_fraction,
+                "split_seed": self.split_seed}
+
+
+def _require_root(root: str | None, name: str, hint: str) -> str:
+    if not root:
+        raise EmbedlabError(f"dataset {name!r} needs --data-root DIR ({hint})")
+    return root
+
+
+def _torchvision_dataset(name: str, cls_name: str, classes: Sequence[str] | None, shape: tuple[int, int, int],
+                         mean: tuple[float, ...], std: tuple[float, ...], flip: bool, hint: str,
+                         split_kw: Callable[[bool], dict[str, Any]]) -> type[_SplitImages]:
+    class TV(_SplitImages):
+        def __init__(self, root: str | None = None, download: bool = False, val_fraction: float = 0.1,
+                     split_seed: int = 0) -> None:
+            super().__init__(_require_root(root, name, hint), val_fraction, split_seed)
+            self.download = download
+            self.flip = flip
+            probe = self._base(False, None)
+            names = classes or tuple(str(c) for c in getattr(probe, "classes", []))
+            self.info = DatasetInfo(name, tuple(names), shape, mean, std, "preact-resnet18")
+
+        def _base(self, train: bool, transform: Callable | None) -> Dataset:
+            import torchvision
+
+            cls = getattr(torchvision.datasets, cls_name)
+            try:
+                return cls(self.root, download=self.download, transform=transform, **split_kw(train))
+            except RuntimeError as e:
+                raise EmbedlabError(
+                    f"{name} not found under {self.root!r} ({e}); pass --download to fetch it, "
+                    f"or point --data-root at a folder that holds it ({hint})") from None
+
+    TV.__name__ = TV.__qualname__ = cls_name
+    TV.__doc__ = f"torchvision {cls_name} read from a local root ({hint})."
+    return TV
+
+
+_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+for _name, _cls, _classes, _shape, _mean, _std, _flip, _hint, _kw in (
+    ("cifar10", "CIFAR10", None, (3, 32, 32), _CIFAR_MEAN, _CIFAR_STD, True, "the folder holding cifar-10-batches-py",
+     lambda tr: {"train": tr}),
+    ("cifar100", "CIFAR100", None, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
+     "the folder holding cifar-100-python", lambda tr: {"train": tr}),
+    ("mnist", "MNIST", tuple(str(i) for i in range(10)), (1, 28, 28), (0.1307,), (0.3081,), False,
+     "the folder holding MNIST/raw", lambda tr: {"train": tr}),
+    ("fashion-mnist", "FashionMNIST", None, (1, 28, 28), (0.2860,), (0.3530,), True,
+     "the folder holding FashionMNIST/raw", lambda tr: {"train": tr}),
+    ("svhn", "SVHN", tuple(str(i) for i in range(10)), (3, 32, 32), (0.4377, 0.4438, 0.4728),
+     (0.1980, 0.2010, 0.1970), False, "the folder holding train_32x32.mat and test_32x32.mat",
+     lambda tr: {"split": "train" if tr else "test"}),
+):
+    register_dataset(_name, description=f"torchvision {_cls} from --data-root (--download to fetch)")(
+        _torchvision_dataset(_name, _cls, _classes, _shape, _mean, _std, _flip, _hint, _kw))
+
+
+@register_dataset("imagefolder", description="any folder with train/<class>/*.jpg and test/<class>/*.jpg (val/ optional)")
+class ImageFolderData(_SplitImages):
+    """ImageFolder layout under ``--data-root``: ``train/`` and ``test/`` (and optionally ``val/``), one
+    sub-folder per class. Normalisation statistics are measured on up to 2,000 seeded training images."""
+
+    def __init__(self, root: str | None = None, download: bool = False, val_fraction: float = 0.1,
+                 split_seed: int = 0, image_size: int | None = None) -> None:
+        root = _require_root(root, "imagefolder", "a folder with train/<class>/ and test/<class>/ image folders")
+        super().__init__(root, val_fraction, split_seed)
+        self.resize = image_size
+        for sub in ("train", "test"):
+            if not (Path(root) / sub).is_dir():
+                raise EmbedlabError(f"imagefolder root {root!r} has no {sub}/ folder (expected {sub}/<class>/<image>)")
+        folder = self._folder("train", _image_transform(0, False, False, image_size))
+        if len(folder) == 0:
+            raise EmbedlabError(f"image folder {Path(root) / 'train'} holds no images")
+        mean, std = self._stats(folder)
+        self.info = DatasetInfo("imagefolder", tuple(folder.classes), tuple(folder[0][0].shape), mean, std,
+                                "preact-resnet18")
+
+    def _folder(self, sub: str, transform: Callable | None) -> Dataset:
+        from torchvision.datasets import ImageFolder
+
+        try:
+            return ImageFolder(str(Path(self.root) / sub), transform=transform)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise EmbedlabError(f"cannot read image folder {Path(self.root) / sub}: {e}") from None
+
+    @staticmethod
+    def _stats(ds: Dataset, limit: int = 2000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        idx = np.random.default_rng(0).permutation(len(ds))[:limit]
+        xs = torch.stack([ds[int(i)][0] for i in idx])  # (n, C, H, W)
+        return (tuple(round(float(v), 4) for v in xs.mean(dim=(0, 2, 3))),
+                tuple(round(float(v), 4) for v in xs.std(dim=(0, 2, 3))))
+
+    def _size(self) -> int:
+        return self.info.input_shape[-1]
+
+    def _base(self, train: bool, transform: Callable) -> Dataset:
+        return self._folder("train" if train else "test", transform)
+
+    def split(self, name: str, augment: bool = False) -> Dataset:
+        self._check_split(name)
+        if name == "val" and (Path(self.root) / "val").is_dir():
+            return self._folder("val", _image_transform(self._size(), False, True, self.resize))
+        return super().split(name, augment)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "image_size": self.resize}
+
+
+def create_dataset(name: str, root: str | None = None, download: bool = False, **options: Any) -> DataSource:
+    """Build a registered dataset; ``options`` are its keyword arguments (e.g. ``K`` for toy-gmm)."""
+    entry = DATASETS.get(name)
+    try:
+        return entry.obj(root=root, download=download, **options)
+    except TypeError as e:
+        raise EmbedlabError(f"bad option for dataset {name!r}: {e}") from None
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
