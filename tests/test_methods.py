@@ -1,0 +1,249 @@
+"""Mixing methods: registry-wide properties and the defining equations of each method."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from embedlab.errors import EmbedlabError
+from embedlab.methods import (
+    METHODS,
+    DenseMultiMix,
+    _pair_mix,
+    attention_cam,
+    attention_gap,
+    create_method,
+    dense_weights,
+    method_metadata,
+    multimix_terms,
+    soft_cross_entropy,
+)
+from embedlab.models import create_model
+from embedlab.sampling import dirichlet
+
+ALWAYS = {"multimix": {"p": 1.0, "n": 64}, "dense_multimix": {"p": 1.0, "n": 64, "chunk": 24}}
+
+
+def _model(seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model("cnn-gap", 10, (1, 8, 8), width=8)
+
+
+def _batch(b: int = 16):
+    g = torch.Generator().manual_seed(123)
+    return torch.rand(b, 1, 8, 8, generator=g), torch.randint(0, 10, (b,), generator=g)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_loss_finite_and_every_parameter_gets_a_gradient(name):
+    model = _model()
+    x, y = _batch()
+    method = create_method(name, ALWAYS.get(name, {}))
+    method.check_model(model)
+    loss = method.loss(model.train(), x, y, torch.Generator().manual_seed(0))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_seeded_generator_makes_loss_deterministic(name):
+    x, y = _batch()
+    opts = {**ALWAYS.get(name, {}), **({"p": 0.5} if name in ALWAYS else {})}
+    losses = []
+    for seed in (5, 5, 6):
+        model = _model()
+        losses.append(float(create_method(name, opts).loss(model.train(), x, y, torch.Generator().manual_seed(seed)).detach()))
+    assert losses[0] == losses[1]
+    if name != "erm":
+        assert losses[0] != losses[2]
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_metadata_and_defaults(name):
+    meta = method_metadata(name)
+    assert meta["space"] and meta["examples_per_mix"] and meta["generated_per_batch"]
+    create_method(name, {})  # defaults are valid
+
+
+def test_unknown_option_and_bad_values_are_errors():
+    with pytest.raises(EmbedlabError, match=r"unknown option\(s\) q; known: n, alpha"):
+        create_method("multimix", {"q": 1})
+    with pytest.raises(EmbedlabError, match="option n: expected int"):
+        create_method("multimix", {"n": "many"})
+    with pytest.raises(EmbedlabError, match=r"option p: must be in \[0, 1\]"):
+        create_method("multimix", {"p": "1.5"})
+    with pytest.raises(EmbedlabError, match="option attention"):
+        create_method("dense_multimix", {"attention": "foo"})
+    with pytest.raises(EmbedlabError, match="unknown method 'mixpu'"):
+        create_method("mixpu")
+
+
+def test_erm_is_cross_entropy():
+    model = _model()
+    x, y = _batch()
+    loss = create_method("erm").loss(model, x, y, torch.Generator())
+    torch.testing.assert_close(loss, F.cross_entropy(model(x), y))
+
+
+def test_pair_mix_targets_are_probability_vectors():
+    y = F.one_hot(torch.randint(0, 5, (32,), generator=torch.Generator().manual_seed(0)), 5).float()
+    lam = torch.rand(32, generator=torch.Generator().manual_seed(1))
+    perm = torch.randperm(32, generator=torch.Generator().manual_seed(2))
+    t = _pair_mix(y, lam, perm)
+    assert (t >= 0).all()
+    torch.testing.assert_close(t.sum(-1), torch.ones(32))
+    torch.testing.assert_close(t, lam[:, None] * y + (1 - lam[:, None]) * y[perm])
+
+
+def test_mixup_equals_soft_ce_on_mixed_inputs():
+    """Reproduce input mixup from its definition with the same generator draws."""
+    model = _model()
+    x, y = _batch()
+    loss = create_method("mixup", {"alpha": 0.4}).loss(model, x, y, torch.Generator().manual_seed(3))
+    from embedlab.sampling import beta
+
+    g = torch.Generator().manual_seed(3)
+    lam = float(beta(0.4, (1,), g))
+    perm = torch.randperm(len(y), generator=g)
+    yy = F.one_hot(y, 10).float()
+    ref = soft_cross_entropy(model(lam * x + (1 - lam) * x[perm]), lam * yy + (1 - lam) * yy[perm])
+    torch.testing.assert_close(loss, ref)
+
+
+def test_manifold_mixup_depth_zero_is_input_mixup():
+    model = _model()
+    x, y = _batch()
+    a = create_method("manifold_mixup", {"layers": "0", "alpha": 0.7}).loss(model, x, y, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    torch.randint(1, (1,), generator=g)  # manifold mixup draws its depth first
+    from embedlab.sampling import beta
+
+    lam = float(beta(0.7, (1,), g))
+    perm = torch.randperm(len(y), generator=g)
+    yy = F.one_hot(y, 10).float()
+    ref = soft_cross_entropy(model(lam * x + (1 - lam) * x[perm]), lam * yy + (1 - lam) * yy[perm])
+    torch.testing.assert_close(a, ref)
+
+
+def test_manifold_mixup_rejects_too_deep_layers():
+    with pytest.raises(EmbedlabError, match="only 3 stages"):
+        create_method("manifold_mixup", {"layers": "0,5"}).check_model(_model())
+
+
+def test_multimix_has_n_loss_terms_and_matches_embedding_interpolation():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(7, 4)
+    z = torch.randn(6, 7)
+    y = F.one_hot(torch.tensor([0, 1, 2, 3, 0, 1]), 4).float()
+    lam = dirichlet(1.0, (50, 6), torch.Generator().manual_seed(0))
+    terms = multimix_terms(head(z), y, lam)
+    assert terms.shape == (50,)
+    # definition: z̃ = Λ Z, ỹ = Λ Y, CE(g(z̃), ỹ) per generated example
+    ref = -((lam @ y) * F.log_softmax(head(lam @ z), -1)).sum(-1)
+    torch.testing.assert_close(terms, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close((lam @ y).sum(-1), torch.ones(50))
+
+
+def test_multimix_one_hot_row_reproduces_the_unmixed_example():
+    torch.manual_seed(1)
+    head = torch.nn.Linear(5, 3)
+    z = torch.randn(4, 5)
+    y = F.one_hot(torch.tensor([2, 0, 1, 2]), 3).float()
+    lam = torch.eye(4)[[2, 0]]  # generated example k copies real example 2, then 0
+    terms = multimix_terms(head(z), y, lam)
+    ref = F.cross_entropy(head(z[[2, 0]]), torch.tensor([1, 2]), reduction="none")
+    torch.testing.assert_close(terms, ref)
+
+
+@pytest.mark.parametrize("name", ["multimix", "dense_multimix"])
+def test_logit_mixing_equals_embedding_mixing_loss_and_gradient(name):
+    x, y = _batch()
+    grads = []
+    for exact in (False, True):
+        model = _model()
+        loss = create_method(name, {"p": 1.0, "n": 40, "exact_embedding_mix": exact}).loss(
+            model, x, y, torch.Generator().manual_seed(7))
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_multimix_subset_m():
+    x, y = _batch(16)
+    loss = create_method("multimix", {"p": 1.0, "n": 10, "m": 4}).loss(_model(), x, y, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+
+
+def test_multimix_p_zero_is_the_fallback():
+    x, y = _batch()
+    model = _model()
+    mm = create_method("multimix", {"p": 0.0, "fallback": "erm"}).loss(model, x, y, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mm, F.cross_entropy(model(x), y))
+
+
+def test_dense_weights_convex_at_every_position_and_invariant_to_attention_scale():
+    g = torch.Generator().manual_seed(0)
+    n, r, m = 30, 16, 8
+    lam = dirichlet(1.0, (n, r, m), g)
+    att = torch.rand(m, r, generator=g) + 0.01
+    w = dense_weights(lam, att)
+    assert w.shape == (n, r, m) and (w >= 0).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(n, r))
+    scale = torch.rand(1, r, generator=g) * 10 + 0.1  # rescale attention per position j
+    torch.testing.assert_close(dense_weights(lam, att * scale), w)
+    # definition: w_{k,i}^j = a_i^j λ_{k,i}^j / Σ_i a_i^j λ_{k,i}^j
+    k, j = 3, 5
+    num = att[:, j] * lam[k, j]
+    torch.testing.assert_close(w[k, j], num / num.sum())
+
+
+def test_attention_maps_are_distributions():
+    g = torch.Generator().manual_seed(0)
+    fmap = torch.randn(4, 6, 9, generator=g)
+    y = torch.tensor([0, 1, 2, 1])
+    weight = torch.randn(3, 6, generator=g)
+    for fn in (attention_gap, attention_cam):
+        a = fn(fmap, y, weight)
+        assert a.shape == (4, 9) and (a >= 0).all()
+        torch.testing.assert_close(a.sum(-1), torch.ones(4))
+    q = fmap.mean(-1)
+    torch.testing.assert_close(attention_gap(fmap, y, weight)[1], torch.softmax(fmap[1].t() @ q[1], 0))
+    cam = torch.relu(fmap[2].t() @ weight[2])
+    torch.testing.assert_close(attention_cam(fmap, y, weight)[2], cam / cam.sum())
+
+
+def test_dense_multimix_loss_is_mean_over_n_and_r_of_dense_terms():
+    """Recompute Dense MultiMix from its definition (embeddings mixed per position, g per position)."""
+    model = _model()
+    x, y = _batch(8)
+    n = 20
+    method = create_method("dense_multimix", {"p": 1.0, "n": n, "chunk": 7, "attention": "cam"})
+    assert isinstance(method, DenseMultiMix)
+    loss = method.loss(model, x, y, torch.Generator().manual_seed(11))
+    g = torch.Generator().manual_seed(11)
+    fmap = model.feature_map(x)  # (b, d, r)
+    b, d, r = fmap.shape
+    att = attention_cam(fmap.detach(), y, model.head.weight.detach())
+    yy = F.one_hot(y, 10).float()
+    total, count = 0.0, 0
+    for start in range(0, n, 7):
+        nk = min(7, n - start)
+        w = dense_weights(dirichlet(1.0, (nk, r, b), g), att)
+        for k in range(nk):
+            for j in range(r):
+                z = (w[k, j][:, None] * fmap[:, :, j]).sum(0)
+                t = (w[k, j][:, None] * yy).sum(0)
+                total = total - (t * F.log_softmax(model.head(z), -1)).sum()
+                count += 1
+    torch.testing.assert_close(loss, total / count, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_multimix_needs_a_pooled_spatial_map():
+    mlp = create_model("mlp", 10, (1, 8, 8), hidden=(16,))
+    with pytest.raises(EmbedlabError, match="global average pooling"):
+        create_method("dense_multimix").check_model(mlp)
