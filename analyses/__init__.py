@@ -1,0 +1,1 @@
+"""Analyses built on trained embedlab models."""
