@@ -1,0 +1,331 @@
+"""The ``embedlab`` command. This module is the one composition root that imports every layer
+(trainers, analyses, reports); no other core module imports upward."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from embedlab.config import TrainConfig, parse_assignments
+from embedlab.errors import EmbedlabError
+
+DEMO_METHODS = ("erm", "mixup", "manifold_mixup", "multimix", "dense_multimix")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+    return v
+
+
+def _int_list(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in s.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+# ------------------------------------------------------------------------------------------------- commands
+def _train_config(a: argparse.Namespace) -> TrainConfig:
+    base: dict[str, Any] = {}
+    if a.config:
+        try:
+            base = json.loads(Path(a.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise EmbedlabError(f"cannot read config {a.config}: {e}") from None
+        base = base.get("config", base)  # accept a run's meta.json too
+    flags = {"dataset": a.dataset, "data_root": a.data_root, "model": a.model, "method": a.method, "epochs": a.epochs,
+             "batch_size": a.batch_size, "optimizer": a.optimizer, "lr": a.lr, "momentum": a.momentum,
+             "weight_decay": a.weight_decay, "schedule": a.schedule, "milestones": a.milestones,
+             "lr_gamma": a.lr_gamma, "seed": a.seed, "device": a.device, "num_workers": a.workers}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    if a.download:
+        base["download"] = True
+    for key, items in (("dataset_options", a.data_opt), ("model_options", a.model_opt), ("method_options", a.method_opt)):
+        if items:
+            base[key] = {**base.get(key, {}), **parse_assignments(items, f"--{key.split('_')[0]}-opt")}
+    if "dataset_options" in base:
+        base["dataset_options"] = {k: _auto_type(v) for k, v in base["dataset_options"].items()}
+    if "model_options" in base:
+        base["model_options"] = {k: _auto_type(v) for k, v in base["model_options"].items()}
+    cfg = TrainConfig.from_dict(base, "train")
+    cfg.validate("train")
+    return cfg
+
+
+def _auto_type(v: Any) -> Any:
+    """Dataset/model options come as strings from the CLI: read ints, floats, booleans and int lists."""
+    if not isinstance(v, str):
+        return v
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    if "," in v:
+        return tuple(_auto_type(p) for p in v.split(","))
+    return v
+
+
+def _check_new_run(out: Path, force: bool) -> None:
+    from embedlab.checkpoint import WEIGHTS
+
+    if (out / WEIGHTS).exists() and not force:
+        raise EmbedlabError(f"{out / WEIGHTS} already exists; choose another --out or pass --force to overwrite")
+    if force and (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from trainers import train
+
+    cfg = _train_config(a)
+    out = Path(a.out)
+    _check_new_run(out, a.force)
+    train(cfg, out, progress=not a.no_progress)
+    return 0
+
+
+def cmd_analyze(a: argparse.Namespace) -> int:
+    from analyses.runner import analyze_checkpoint, select_analyses
+
+    chosen = select_analyses(a.analyses)
+    if not a.models:
+        raise EmbedlabError("analyze: give at least one checkpoint or run directory")
+    for m in a.models:
+        out = analyze_checkpoint(m, a.out, analyses=chosen, cache_dir=a.cache_dir, device=_device(a.device),
+                                 data_root=a.data_root, force=a.force, progress=not a.no_progress)
+        print(f"analysed {m} → {out / 'results.json'}")
+    return 0
+
+
+def _device(name: str) -> str:
+    from trainers.loop import resolve_device
+
+    return str(resolve_device(name))
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from embedlab.io import atomic_write_text
+    from reports.html import render_markdown, render_report
+    from reports.load import load_results
+
+    out = Path(a.output)
+    if out.exists() and not a.force:
+        raise EmbedlabError(f"{out} already exists; choose another -o or pass --force to overwrite")
+    results = load_results(a.results)
+    if a.format == "md":
+        atomic_write_text(out, render_markdown(results))
+    else:
+        render_report(results, out, title=a.title,
+                      umap_kwargs={"n_neighbors": a.umap_neighbors, "min_dist": a.umap_min_dist, "seed": a.seed,
+                                   "max_points": a.max_points})
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from analyses.runner import analyze_checkpoint
+    from reports.html import render_report
+    from reports.load import load_results
+    from trainers import train
+
+    out = Path(a.out)
+    report = out / "report.html"
+    if report.exists() and not a.force:
+        raise EmbedlabError(f"{report} already exists; choose another --out or pass --force to redo the demo")
+    t0 = time.perf_counter()
+    result_dirs = []
+    for method in a.methods.split(","):
+        run = out / "runs" / method
+        _check_new_run(run, a.force)
+        cfg = TrainConfig(dataset="digits", method=method, epochs=a.epochs, seed=a.seed, device=a.device)
+        print(f"[demo] training {method} on digits ({a.epochs} epochs)", flush=True)
+        ckpt = train(cfg, run, progress=not a.no_progress)
+        result_dirs.append(analyze_checkpoint(ckpt, out / "results", cache_dir=out / "cache",
+                                              device=_device(a.device), force=True, progress=not a.no_progress))
+    results = load_results(result_dirs)
+    render_report(results, report, title="embedlab demo: mixup-family methods on digits")
+    print(f"\n{'method':<16} {'test acc':>9} {'kNN acc':>9} {'ECE':>7}")
+    for r in results:
+        m = r.results["metrics"]
+        print(f"{r.name:<16} {m['accuracy']['value']:>9.4f} {m['knn_accuracy']['value']:>9.4f} {m['ece']['value']:>7.4f}")
+    print(f"\nwrote {report} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    from analyses.runner import ANALYSES
+    from embedlab.data import DATASETS
+    from embedlab.methods import METHODS, method_metadata
+    from embedlab.models import MODELS
+
+    reg = {"methods": METHODS, "models": MODELS, "datasets": DATASETS, "analyses": ANALYSES}[a.kind]
+    if a.kind == "methods":
+        rows = [method_metadata(e.name) for e in reg]
+    else:
+        rows = [{"name": e.name, "description": e.description, **{k: list(v) if isinstance(v, tuple) else v
+                                                                   for k, v in e.meta.items()}} for e in reg]
+    if a.json:
+        print(json.dumps(rows, indent=2, default=list))
+    elif a.kind == "methods":
+        cols = ("name", "space", "examples_per_mix", "generated_per_batch", "factor_distribution")
+        heads = ("method", "space", "examples/mix", "generated/batch", "interpolation factors")
+        w = [max(len(h), *(len(str(r[c])) for r in rows)) for c, h in zip(cols, heads)]
+        print("  ".join(h.ljust(n) for h, n in zip(heads, w)))
+        for r in rows:
+            print("  ".join(str(r[c]).ljust(n) for c, n in zip(cols, w)))
+    else:
+        w = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{w}}  {r['description']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="embedlab", description="Train classifiers with mixup-family methods and study their embedding "
+                "spaces: train → analyze → report.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str, desc: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=desc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sp.set_defaults(func=fn)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+        return sp
+
+    t = add("train", cmd_train, "train one model with a mixing method",
+            "Train a classifier with a mixing method and write a self-describing checkpoint "
+            "(OUT/model.safetensors: weights + JSON metadata; OUT/best.safetensors; OUT/meta.json; OUT/metrics.jsonl). "
+            "Defaults not given on the command line come from --config, else from the built-in defaults shown.")
+    t.add_argument("--config", help="JSON file with TrainConfig keys (or a run's meta.json) to start from")
+    t.add_argument("--dataset", help="registered dataset (see `embedlab list datasets`) [digits]")
+    t.add_argument("--data-root", help="folder holding the dataset files (torchvision datasets, imagefolder)")
+    t.add_argument("--download", action="store_true", help="allow torchvision to download the dataset into --data-root")
+    t.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="dataset option, e.g. K=4 for toy-gmm (repeatable)")
+    t.add_argument("--model", help="registered model (see `embedlab list models`) [the dataset's default]")
+    t.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. width=64 (repeatable)")
+    t.add_argument("--method", help="mixing method (see `embedlab list methods`) [erm]")
+    t.add_argument("--method-opt", "-O", action="append", metavar="KEY=VALUE",
+                   help="method option, e.g. n=1000, alpha=1, attention=cam (repeatable)")
+    t.add_argument("--epochs", type=_positive_int, help="training epochs [30]")
+    t.add_argument("--batch-size", type=_positive_int, help="mini-batch size b [64]")
+    t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer [sgd]")
+    t.add_argument("--lr", type=_positive_float, help="learning rate [0.05]")
+    t.add_argument("--momentum", type=_nonneg_float, help="SGD momentum [0.9]")
+    t.add_argument("--weight-decay", type=_nonneg_float, help="weight decay [5e-4]")
+    t.add_argument("--schedule", choices=("cosine", "step", "constant"), help="learning-rate schedule [cosine]")
+    t.add_argument("--milestones", type=_int_list, help="epochs at which the step schedule multiplies lr by --lr-gamma")
+    t.add_argument("--lr-gamma", type=_positive_float, help="step-schedule factor [0.1]")
+    t.add_argument("--seed", type=_nonneg_int, help="seed for initialisation, shuffling and mixing [0]")
+    t.add_argument("--device", help="auto, cpu or cuda[:N] [auto]")
+    t.add_argument("--workers", type=_nonneg_int, help="DataLoader worker processes [0]")
+    t.add_argument("--out", required=True, help="run directory to write")
+    t.add_argument("--force", action="store_true", help="overwrite an existing checkpoint in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    an = add("analyze", cmd_analyze, "extract embeddings and compute metrics for checkpoints",
+             "For each checkpoint (run directory or .safetensors file): extract embeddings of the needed splits "
+             "(cached by model content hash, dataset and split), run the analyses, and write "
+             "OUT/<run name>/results.json and arrays.npz.")
+    an.add_argument("models", nargs="*", metavar="MODEL", help="run directories or .safetensors checkpoints")
+    an.add_argument("--out", required=True, help="results directory")
+    an.add_argument("--analyses", default="all", help="'all' or a comma-separated list (see `embedlab list analyses`)")
+    an.add_argument("--cache-dir", help="embedding cache (default $EMBEDLAB_CACHE or ~/.cache/embedlab)")
+    an.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    an.add_argument("--data-root", help="override the dataset root recorded in the checkpoint")
+    an.add_argument("--force", action="store_true", help="replace results of a different model with the same name")
+    an.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    r = add("report", cmd_report, "write a self-contained comparative HTML report",
+            "Read results written by `embedlab analyze` (results dirs, results.json files, or parent folders) "
+            "and write one self-contained HTML file (no network requests when opened) or a Markdown table.")
+    r.add_argument("results", nargs="+", metavar="RESULTS", help="results directories or their parent folder")
+    r.add_argument("-o", "--output", required=True, help="output file")
+    r.add_argument("--format", choices=("html", "md"), default="html", help="HTML report or Markdown summary table")
+    r.add_argument("--title", default="embedlab report", help="report title")
+    r.add_argument("--umap-neighbors", type=_positive_int, default=15, help="UMAP n_neighbors (same for all models)")
+    r.add_argument("--umap-min-dist", type=_nonneg_float, default=0.1, help="UMAP min_dist")
+    r.add_argument("--max-points", type=_positive_int, default=None, help="subsample each UMAP to this many points")
+    r.add_argument("--seed", type=_nonneg_int, default=0, help="UMAP and subsampling seed")
+    r.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+    d = add("demo", cmd_demo, "train, analyse and report five methods on digits",
+            "Train erm, mixup, manifold_mixup, multimix and dense_multimix on scikit-learn's digits (shipped, no "
+            "download), analyse each checkpoint and write OUT/report.html. About 1–2 minutes on 2 CPU cores.")
+    d.add_argument("--out", default="embedlab-demo", help="output directory")
+    d.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma-separated methods to compare")
+    d.add_argument("--epochs", type=_positive_int, default=30, help="epochs per method")
+    d.add_argument("--seed", type=_nonneg_int, default=0, help="seed")
+    d.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    d.add_argument("--force", action="store_true", help="redo the demo over an existing OUT")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    li = add("list", cmd_list, "list registered methods, models, datasets or analyses",
+             "List registered plug-ins. For methods, the table gives the MultiMix paper's Table 1 columns.")
+    li.add_argument("kind", choices=("methods", "models", "datasets", "analyses"))
+    li.add_argument("--json", action="store_true", help="machine-readable output with options and defaults")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EmbedlabError as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"embedlab: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("embedlab: interrupted\n")
+        return 130
