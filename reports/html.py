@@ -287,15 +287,26 @@ def _format_options(opts: Any) -> str:
     return _format_value(opts)
 
 
+def _named(entry: Any) -> tuple[Any, Any]:
+    """Checkpoint metadata stores ``{"name": …, "options": {…}}`` for the method and the model."""
+    if isinstance(entry, Mapping):
+        return entry.get("name"), entry.get("options")
+    return entry, None
+
+
 def _meta_row(r: ModelResult) -> dict[str, str]:
     meta = r.meta
+    config = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
+    method, method_opts = _named(meta.get("method"))
+    arch, _ = _named(meta.get("model"))
+    dataset, _ = _named(meta.get("dataset"))
     return {
-        "method": _format_value(meta.get("method")),
-        "options": _format_options(meta.get("method_options")),
-        "architecture": _format_value(meta.get("model")),
-        "dataset": _format_value(meta.get("dataset")),
-        "epochs": _format_value(meta.get("epochs")),
-        "seed": _format_value(meta.get("seed")),
+        "method": _format_value(method),
+        "options": _format_options(method_opts),
+        "architecture": _format_value(arch),
+        "dataset": _format_value(dataset),
+        "epochs": _format_value(config.get("epochs", meta.get("epochs"))),
+        "seed": _format_value(config.get("seed", meta.get("seed"))),
     }
 
 

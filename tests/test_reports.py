@@ -49,8 +49,9 @@ def write_results(
             "source": f"runs/{dirname}/model.safetensors",
             "sha256": "ab" * 32,
             "meta": {
-                "method": "mixup", "method_options": {"alpha": 0.4}, "model": "cnn-gap", "dataset": "blobs",
-                "epochs": 5, "seed": seed, **({"history": hist} if history else {}),
+                "method": {"name": "mixup", "options": {"alpha": 0.4}}, "model": {"name": "cnn-gap"},
+                "dataset": {"name": "blobs"}, "config": {"epochs": 5, "seed": seed},
+                **({"history": hist} if history else {}),
             },
         },
         "dataset": {"name": "blobs", "split": "test", "num_examples": len(labels), "classes": classes},
@@ -394,3 +395,12 @@ def test_reports_does_not_import_torch_or_upper_layers() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_run_metadata_table_reads_checkpoint_meta(results_root: Path, tmp_path: Path) -> None:
+    out = render_report(load_results([results_root]), tmp_path / "meta.html")
+    html = out.read_text()
+    section = html[html.index("Runs"):html.index("Embedding space")] if "Embedding space" in html else html
+    for text in ("mixup", "alpha=0.4", "cnn-gap", "blobs"):
+        assert text in section, text
+    assert '{"name"' not in section
