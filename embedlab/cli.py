@@ -216,8 +216,8 @@ def cmd_list(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(rows, indent=2, default=list))
     elif a.kind == "methods":
-        cols = ("name", "space", "examples_per_mix", "generated_per_batch", "factor_distribution")
-        heads = ("method", "space", "examples/mix", "generated/batch", "interpolation factors")
+        cols = ("name", "space", "loss_terms", "examples_per_mix", "factor_distribution")
+        heads = ("method", "space", "loss terms/batch", "examples/mix", "interpolation factors")
         w = [max(len(h), *(len(str(r[c])) for r in rows)) for c, h in zip(cols, heads)]
         print("  ".join(h.ljust(n) for h, n in zip(heads, w)))
         for r in rows:

@@ -77,6 +77,18 @@ class EmbedNet(nn.Module):
             h = stage(h)
         return self.head(self.pool(h))
 
+    def mix_points(self) -> list[str]:
+        """Names accepted by :meth:`forward_mixed`: stage depths ``"0" … "L"`` (plus any submodule name)."""
+        return [str(k) for k in range(self.num_stages + 1)]
+
+    def forward_mixed(self, x: Tensor, point: int | str, mix: Callable[[Tensor], Tensor]) -> Tensor:
+        """Logits with ``mix`` applied to the activations at ``point``: a stage depth k (0 = normalised input,
+        k = after k stages) or the name of a submodule (its output is replaced by ``mix(output)``)."""
+        if isinstance(point, int) or str(point).isdigit():
+            k = int(point)
+            return self.forward_from(mix(self.features_at(x, k)), k)
+        return forward_with_hook(self, x, str(point), mix)
+
     def pool(self, h: Tensor) -> Tensor:
         return h.mean(dim=(2, 3)) if self.pool_kind == "avg" else h
 
@@ -95,6 +107,21 @@ class EmbedNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))
+
+
+def forward_with_hook(model: nn.Module, x: Tensor, name: str, mix: Callable[[Tensor], Tensor]) -> Tensor:
+    """``model(x)`` with the output of submodule ``name`` replaced by ``mix(output)``."""
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        from embedlab.errors import EmbedlabError
+
+        known = [n for n in modules if n and n.count(".") <= 1][:40]
+        raise EmbedlabError(f"no module named {name!r} to mix at; top-level modules: {', '.join(known)}")
+    handle = modules[name].register_forward_hook(lambda _m, _i, out: mix(out))
+    try:
+        return model(x)
+    finally:
+        handle.remove()
 
 
 def _conv_bn(cin: int, cout: int, pool: bool) -> nn.Sequential:

@@ -50,12 +50,28 @@ def log_gamma(
 
 
 def dirichlet(alpha: float, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    """Rows on the simplex: ``shape[:-1]`` independent draws of ``Dir(alpha · 1_m)``, ``m = shape[-1]``."""
+    """Rows on the simplex: ``shape[:-1]`` independent draws of ``Dir(alpha · 1_m)``, ``m = shape[-1]``.
+
+    ``alpha = 0`` gives the limit distribution: a vertex of the simplex (one-hot row) chosen uniformly.
+    """
+    if float(alpha) <= 0.0:
+        idx = torch.randint(shape[-1], shape[:-1], generator=generator, device=generator.device)
+        return torch.nn.functional.one_hot(idx, shape[-1]).float()
     return torch.softmax(log_gamma(alpha, shape, generator), dim=-1)
 
 
 def beta(alpha: float | Tensor, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    """``Beta(alpha, alpha)`` draws of the given shape (alpha scalar or broadcastable tensor)."""
+    """``Beta(alpha, alpha)`` draws of the given shape (alpha scalar or broadcastable tensor).
+
+    ``alpha = 0`` returns λ = 1 (no interpolation): mixup "collapses to standard ERM" at α = 0 (seed 002, §4).
+    """
+    if isinstance(alpha, Tensor):
+        a = alpha.to(device=generator.device, dtype=torch.float32).expand(shape)
+        safe = a.clamp_min(1e-12)
+        lam = torch.sigmoid(log_gamma(safe, shape, generator) - log_gamma(safe, shape, generator))
+        return torch.where(a > 0, lam, torch.ones_like(lam))
+    if float(alpha) <= 0.0:
+        return torch.ones(shape, device=generator.device)
     g1 = log_gamma(alpha, shape, generator)
     g2 = log_gamma(alpha, shape, generator)
     return torch.sigmoid(g1 - g2)

@@ -6,22 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from embedlab.errors import EmbedlabError
-from embedlab.methods import (
-    METHODS,
-    DenseMultiMix,
-    _pair_mix,
-    attention_cam,
-    attention_gap,
-    create_method,
-    dense_weights,
-    method_metadata,
-    multimix_terms,
-    soft_cross_entropy,
-)
+from embedlab.methods import METHODS, create_method, method_metadata, soft_cross_entropy
+from embedlab.methods.base import pair_mix
+from embedlab.methods.multimix import DenseMultiMix, attention_cam, attention_gap, dense_weights, multimix_terms
 from embedlab.models import create_model
 from embedlab.sampling import dirichlet
 
-ALWAYS = {"multimix": {"p": 1.0, "n": 64}, "dense_multimix": {"p": 1.0, "n": 64, "chunk": 24}}
+ALWAYS = {"multimix": {"p": 1.0, "n": 64}, "dense_multimix": {"p": 1.0, "n": 64, "chunk": 24}, "confmix": {"warmup": 0}}
 
 
 def _model(seed: int = 0):
@@ -51,7 +42,7 @@ def test_loss_finite_and_every_parameter_gets_a_gradient(name):
 @pytest.mark.parametrize("name", METHODS.names())
 def test_seeded_generator_makes_loss_deterministic(name):
     x, y = _batch()
-    opts = {**ALWAYS.get(name, {}), **({"p": 0.5} if name in ALWAYS else {})}
+    opts = {**ALWAYS.get(name, {}), **({"p": 0.5} if "multimix" in name else {})}
     losses = []
     for seed in (5, 5, 6):
         model = _model()
@@ -69,7 +60,7 @@ def test_metadata_and_defaults(name):
 
 
 def test_unknown_option_and_bad_values_are_errors():
-    with pytest.raises(EmbedlabError, match=r"unknown option\(s\) q; known: n, alpha"):
+    with pytest.raises(EmbedlabError, match=r"unknown option\(s\) q; known: alpha, alpha_schedule, half_life, n, m, p"):
         create_method("multimix", {"q": 1})
     with pytest.raises(EmbedlabError, match="option n: expected int"):
         create_method("multimix", {"n": "many"})
@@ -92,7 +83,7 @@ def test_pair_mix_targets_are_probability_vectors():
     y = F.one_hot(torch.randint(0, 5, (32,), generator=torch.Generator().manual_seed(0)), 5).float()
     lam = torch.rand(32, generator=torch.Generator().manual_seed(1))
     perm = torch.randperm(32, generator=torch.Generator().manual_seed(2))
-    t = _pair_mix(y, lam, perm)
+    t = pair_mix(y, lam, perm)
     assert (t >= 0).all()
     torch.testing.assert_close(t.sum(-1), torch.ones(32))
     torch.testing.assert_close(t, lam[:, None] * y + (1 - lam[:, None]) * y[perm])
@@ -247,3 +238,91 @@ def test_dense_multimix_needs_a_pooled_spatial_map():
     mlp = create_model("mlp", 10, (1, 8, 8), hidden=(16,))
     with pytest.raises(EmbedlabError, match="global average pooling"):
         create_method("dense_multimix").check_model(mlp)
+
+
+# ------------------------------------------------------------------------------------- schedules and limits
+def test_alpha_schedules_follow_seed_002():
+    from embedlab.methods import scheduled_alpha
+
+    assert scheduled_alpha(1.0, "constant", 40, 25) == 1.0
+    assert scheduled_alpha(1.0, "0->1", 0, 25) == 0.0
+    assert scheduled_alpha(1.0, "0->1", 25, 25) == pytest.approx(0.5)
+    assert scheduled_alpha(2.0, "1->0", 50, 25) == pytest.approx(0.5)
+    m = create_method("mixup", {"alpha": 0.8, "alpha_schedule": "1->0", "half_life": 10})
+    m.on_epoch_start(11, 50)
+    assert m.alpha == pytest.approx(0.4)
+    with pytest.raises(EmbedlabError, match="alpha_schedule: one of constant, 0->1, 1->0"):
+        create_method("mixup", {"alpha_schedule": "up"})
+
+
+@pytest.mark.parametrize("name,opts", [("mixup", {}), ("manifold_mixup", {}), ("mixup", {"per_sample": True}),
+                                       ("multimix", {"p": 1.0, "fallback": "erm"}),
+                                       ("dense_multimix", {"p": 1.0, "fallback": "erm"})])
+def test_alpha_zero_reduces_to_erm(name, opts):
+    """The "0->1" schedule starts at α = 0: λ is a vertex (no interpolation), so the loss is ERM's."""
+    model = _model().eval()  # eval: BN statistics do not depend on the (permuted) batch
+    x, y = _batch()
+    method = create_method(name, {**opts, "alpha_schedule": "0->1"})
+    method.on_epoch_start(1, 10)
+    assert method.alpha == 0.0
+    loss = method.loss(model, x, y, torch.Generator().manual_seed(0))
+    erm = F.cross_entropy(model(x), y)
+    if "multimix" in name:
+        # every generated example copies one real example: the loss is a (random) average of per-example CEs
+        per_example = F.cross_entropy(model(x), y, reduction="none")
+        assert per_example.min() - 1e-5 <= loss <= per_example.max() + 1e-5
+    else:
+        torch.testing.assert_close(loss, erm, atol=1e-5, rtol=1e-5)
+
+
+def test_confmix_alpha_formula_and_range():
+    from embedlab.methods.confmix import confmix_alpha
+
+    probs = torch.tensor([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.3, 0.2]])
+    a = confmix_alpha(probs, 1e-3)
+    torch.testing.assert_close(a, torch.tensor([1.0, 1e-3, 1.5 * (0.5 - 1 / 3)]))
+    rnd = torch.softmax(torch.randn(100, 10, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    a = confmix_alpha(rnd, 1e-3)
+    assert (a >= 1e-3).all() and (a <= 1).all()
+
+
+def test_confmix_warmup_is_erm_then_mixes():
+    model = _model()
+    x, y = _batch()
+    m = create_method("confmix", {"warmup": 2})
+    m.on_epoch_start(2, 10)
+    torch.testing.assert_close(m.loss(model, x, y, torch.Generator().manual_seed(0)), F.cross_entropy(model(x), y))
+    m.on_epoch_start(3, 10)
+    assert not torch.allclose(m.loss(model, x, y, torch.Generator().manual_seed(0)), F.cross_entropy(model(x), y))
+
+
+def test_confmix_manifold_variant_mixes_before_last_stage():
+    model = _model()
+    m = create_method("confmix", {"variant": "manifold", "warmup": 0})
+    m.check_model(model)
+    assert m._point(model) == str(model.num_stages - 1)
+    x, y = _batch()
+    assert torch.isfinite(m.loss(model, x, y, torch.Generator().manual_seed(0)))
+
+
+def test_zeta_weights():
+    from embedlab.methods.multimix import zeta_weights
+
+    t = zeta_weights(6, 2.8, torch.Generator().manual_seed(0))
+    series = torch.arange(1, 7).float().pow(-2.8)
+    series = series / series.sum()
+    torch.testing.assert_close(t.sum(1), torch.ones(6))
+    torch.testing.assert_close(t.diagonal(), torch.full((6,), float(series[0])))
+    for row in t:
+        torch.testing.assert_close(row.sort(descending=True).values, series)
+
+
+def test_dirichlet_input_targets_follow_inputs():
+    """With one-hot Λ rows (α = 0) every generated input is a real input with its own label."""
+    model = _model().eval()
+    x, y = _batch(8)
+    m = create_method("dirichlet_input", {"alpha_schedule": "0->1"})
+    m.on_epoch_start(1, 10)
+    loss = m.loss(model, x, y, torch.Generator().manual_seed(0))
+    per_example = F.cross_entropy(model(x), y, reduction="none")
+    assert per_example.min() - 1e-5 <= loss <= per_example.max() + 1e-5

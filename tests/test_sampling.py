@@ -77,3 +77,11 @@ def test_global_rng_untouched():
 def test_invalid_alpha():
     with pytest.raises(ValueError):
         log_gamma(torch.tensor([1.0, -1.0]), (2,), torch.Generator())
+
+
+def test_alpha_zero_limits():
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(beta(0.0, (5,), g), torch.ones(5))
+    assert torch.equal(beta(torch.tensor([0.0, 0.0]), (2,), g), torch.ones(2))
+    rows = dirichlet(0.0, (100, 4), g)
+    assert set(rows.sum(-1).tolist()) == {1.0} and set(rows.flatten().tolist()) == {0.0, 1.0}
