@@ -93,9 +93,25 @@ def _train_config(a: argparse.Namespace) -> TrainConfig:
         base["dataset_options"] = {k: _auto_type(v) for k, v in base["dataset_options"].items()}
     if "model_options" in base:
         base["model_options"] = {k: _auto_type(v) for k, v in base["model_options"].items()}
+    if a.mix_layer:
+        base["method_options"] = {**base.get("method_options", {}), **_mix_layer_option(base.get("method", "erm"),
+                                                                                        a.mix_layer)}
     cfg = TrainConfig.from_dict(base, "train")
     cfg.validate("train")
     return cfg
+
+
+def _mix_layer_option(method: str, layer: str) -> dict[str, str]:
+    """``--mix-layer NAME[,NAME]`` sets the mixing-point option of methods that mix hidden states."""
+    import dataclasses
+
+    from embedlab.methods import METHODS
+
+    fields = {f.name for f in dataclasses.fields(METHODS.get(method).obj.Options)}
+    for key in ("layers", "layer"):
+        if key in fields:
+            return {key: layer}
+    raise EmbedlabError(f"--mix-layer: method {method!r} does not mix hidden states (it has no layers option)")
 
 
 def _auto_type(v: Any) -> Any:
@@ -252,11 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", help="folder holding the dataset files (torchvision datasets, imagefolder)")
     t.add_argument("--download", action="store_true", help="allow torchvision to download the dataset into --data-root")
     t.add_argument("--data-opt", action="append", metavar="KEY=VALUE", help="dataset option, e.g. K=4 for toy-gmm (repeatable)")
-    t.add_argument("--model", help="registered model (see `embedlab list models`) [the dataset's default]")
+    t.add_argument("--model", help="registered model (see `embedlab list models`), or any torchvision/timm classifier "
+                                   "as tv:NAME / timm:NAME [the dataset's default]")
     t.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. width=64 (repeatable)")
     t.add_argument("--method", help="mixing method (see `embedlab list methods`) [erm]")
     t.add_argument("--method-opt", "-O", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. n=1000, alpha=1, attention=cam (repeatable)")
+    t.add_argument("--mix-layer", metavar="NAME",
+                   help="where manifold-style methods mix: stage depths (0 = input) or module names, e.g. layer2 "
+                        "for --model tv:resnet50 (comma-separated: one drawn per batch)")
     t.add_argument("--epochs", type=_positive_int, help="training epochs [30]")
     t.add_argument("--batch-size", type=_positive_int, help="mini-batch size b [64]")
     t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer [sgd]")

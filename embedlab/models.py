@@ -78,8 +78,8 @@ class EmbedNet(nn.Module):
         return self.head(self.pool(h))
 
     def mix_points(self) -> list[str]:
-        """Names accepted by :meth:`forward_mixed`: stage depths ``"0" … "L"`` (plus any submodule name)."""
-        return [str(k) for k in range(self.num_stages + 1)]
+        """Names accepted by :meth:`forward_mixed`: stage depths ``"0" … "L"`` and submodule names."""
+        return [str(k) for k in range(self.num_stages + 1)] + [n for n, _ in self.named_modules() if n]
 
     def forward_mixed(self, x: Tensor, point: int | str, mix: Callable[[Tensor], Tensor]) -> Tensor:
         """Logits with ``mix`` applied to the activations at ``point``: a stage depth k (0 = normalised input,
@@ -229,7 +229,135 @@ for _arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
     register_model(_arch, description=f"torchvision {_arch} (ImageNet stem, random init)")(_torchvision_resnet(_arch))
 
 
+class ExternalNet(EmbedNet):
+    """Any classifier a user brings (``tv:NAME`` for torchvision, ``timm:NAME`` for timm), seen as f and g.
+
+    g is the model's last linear layer (timm: ``get_classifier()``); the embedding z is its input, captured by a
+    forward pre-hook, and ``g(z)`` equals the model's logits. If the input of the last ``AdaptiveAvgPool2d`` averages
+    to z (checked once on a dummy batch), that map is the unpooled feature map for Dense MultiMix. Manifold mixup
+    mixes at depth 0 (the input) or at any named submodule (``--mix-layer layer2``).
+    """
+
+    def __init__(self, net: nn.Module, head: nn.Linear, input_shape: Sequence[int], mean=None, std=None,
+                 gray_to_rgb: bool = False) -> None:
+        super().__init__([], head, "none", mean, std, input_ndim=len(input_shape))
+        self.net = net
+        self.gray_to_rgb = gray_to_rgb  # 1-channel data into a 3-channel network: repeat the channel
+        # g lives inside net; keep a plain reference so its weights are stored once (under net.*)
+        del self._modules["head"]
+        object.__setattr__(self, "head", head)
+        self._pool = next((m for m in reversed(list(net.modules()))
+                           if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))), None)
+        self._dense = False
+        if self._pool is not None:
+            with torch.no_grad():
+                was = net.training
+                net.eval()
+                try:
+                    fmap, z = self._capture(torch.rand(2, *input_shape), want_map=True)
+                except RuntimeError as e:
+                    from embedlab.errors import EmbedlabError
+
+                    msg = str(e).strip().splitlines()[0]
+                    raise EmbedlabError(f"{type(net).__name__} cannot run on inputs of shape {tuple(input_shape)}: "
+                                        f"{msg}") from None
+                net.train(was)
+            self._dense = (fmap is not None and fmap.dim() == 4 and fmap.shape[1] == z.shape[1]
+                           and torch.allclose(fmap.mean((2, 3)), z, atol=1e-4))
+
+    @property
+    def supports_dense(self) -> bool:
+        return self._dense
+
+    def _capture(self, x: Tensor, want_map: bool = False) -> tuple[Tensor | None, Tensor]:
+        """One forward pass; returns (input of the global pool or None, input of the head)."""
+        seen: dict[str, Tensor] = {}
+        hooks = [self.head.register_forward_pre_hook(lambda _m, inp: seen.__setitem__("z", inp[0]))]
+        if want_map and self._pool is not None:
+            hooks.append(self._pool.register_forward_pre_hook(lambda _m, inp: seen.__setitem__("map", inp[0])))
+        try:
+            self.net(self.normalise(x))
+        finally:
+            for h in hooks:
+                h.remove()
+        return seen.get("map"), seen["z"].flatten(1)
+
+    def normalise(self, x: Tensor) -> Tensor:
+        x = super().normalise(x)
+        return x.expand(-1, 3, *x.shape[2:]) if self.gray_to_rgb else x
+
+    def features_at(self, x: Tensor, k: int) -> Tensor:
+        if k != 0:
+            raise ValueError("external models mix at depth 0 or at a named module")
+        return self.normalise(x)
+
+    def forward_from(self, h: Tensor, k: int) -> Tensor:
+        if k != 0:
+            raise ValueError("external models mix at depth 0 or at a named module")
+        return self.net(h)
+
+    def forward_mixed(self, x: Tensor, point: int | str, mix: Callable[[Tensor], Tensor]) -> Tensor:
+        if str(point) == "0":
+            return self.net(mix(self.normalise(x)))
+        return forward_with_hook(self.net, self.normalise(x), str(point), mix)
+
+    def mix_points(self) -> list[str]:
+        return ["0"] + [n for n, _ in self.net.named_modules() if n]
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        fmap, _ = self._capture(x, want_map=True)
+        if fmap is None or not self._dense:
+            raise ValueError("this model has no global-average-pooled feature map")
+        return fmap.flatten(2)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self._capture(x)[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.normalise(x))
+
+
+def _last_linear(net: nn.Module, num_classes: int) -> nn.Linear:
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not linears:
+        from embedlab.errors import EmbedlabError
+
+        raise EmbedlabError(f"{type(net).__name__} has no final nn.Linear with {num_classes} outputs to use as g")
+    return linears[-1]
+
+
+def _external(name: str, num_classes: int, input_shape: Sequence[int], mean, std, **options: Any) -> EmbedNet:
+    from embedlab.errors import EmbedlabError
+
+    lib, _, arch = name.partition(":")
+    if lib == "tv":
+        import torchvision
+
+        try:
+            net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **options)
+        except ValueError as e:
+            raise EmbedlabError(f"unknown torchvision model {arch!r} ({e})") from None
+        head = _last_linear(net, num_classes)
+    elif lib == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise EmbedlabError(f"model {name!r} needs timm: pip install timm") from None
+        try:
+            net = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **options)
+        except RuntimeError as e:
+            raise EmbedlabError(f"unknown timm model {arch!r} ({e})") from None
+        head = net.get_classifier()
+        if not isinstance(head, nn.Linear):
+            head = _last_linear(net, num_classes)
+    else:
+        raise EmbedlabError(f"unknown model prefix {lib!r} in {name!r}; use tv:NAME or timm:NAME")
+    return ExternalNet(net, head, input_shape, mean, std, gray_to_rgb=lib == "tv" and input_shape[0] == 1)
+
+
 def create_model(name: str, num_classes: int, input_shape: Sequence[int], mean=None, std=None,
                  **options: Any) -> EmbedNet:
-    """Build a registered model; ``options`` are the factory's keyword arguments (e.g. ``width``)."""
+    """Build a registered model, or ``tv:NAME`` / ``timm:NAME``; ``options`` are the factory's keyword arguments."""
+    if ":" in name:
+        return _external(name, num_classes, tuple(input_shape), mean, std, **options)
     return MODELS.create(name, num_classes=num_classes, input_shape=tuple(input_shape), mean=mean, std=std, **options)

@@ -67,15 +67,16 @@ class ManifoldMixupOptions(AlphaOptions):
 
 
 def check_mix_points(model: EmbedNet, points: tuple[str, ...], method: str) -> None:
-    """Stage depths must exist; module names are checked by the model when first used."""
-    depths = [int(p) for p in points if str(p).isdigit()]
-    if depths and max(depths) > model.num_stages:
-        raise EmbedlabError(f"{method} layers {points}: the model has only {model.num_stages} stages "
-                            f"(valid depths 0..{model.num_stages}, or a module name)")
-    names = dict(model.named_modules())
+    """Every mixing point must be a stage depth or a module name the model knows."""
+    known = set(model.mix_points())
     for p in points:
-        if not str(p).isdigit() and p not in names:
-            raise EmbedlabError(f"{method}: no module named {p!r} to mix at (see `model.named_modules()`)")
+        if str(p) in known:
+            continue
+        if str(p).isdigit():
+            raise EmbedlabError(f"{method} layers {points}: the model has only {model.num_stages} stages "
+                                f"(valid depths 0..{model.num_stages}, or a module name)")
+        top = [n for n in model.mix_points() if not n.isdigit() and n.count(".") <= 1][:30]
+        raise EmbedlabError(f"{method}: no module named {p!r} to mix at; modules include: {', '.join(top)}")
 
 
 @register_method("manifold_mixup", description="manifold mixup (Verma et al. 2019): mix hidden states at a random eligible layer")
