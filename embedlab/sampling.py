@@ -49,6 +49,13 @@ def log_gamma(
     return out.reshape(shape)
 
 
+def gamma(alpha: float, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """``Gamma(alpha, 1)`` variates (not in log space); α = 1 draws Exp(1) directly."""
+    if float(alpha) == 1.0:
+        return torch.empty(shape, device=generator.device).exponential_(generator=generator)
+    return log_gamma(alpha, shape, generator).exp()
+
+
 def dirichlet(alpha: float, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
     """Rows on the simplex: ``shape[:-1]`` independent draws of ``Dir(alpha · 1_m)``, ``m = shape[-1]``.
 

@@ -185,6 +185,8 @@ def test_dense_weights_convex_at_every_position_and_invariant_to_attention_scale
     w = dense_weights(lam, att)
     assert w.shape == (n, r, m) and (w >= 0).all()
     torch.testing.assert_close(w.sum(-1), torch.ones(n, r))
+    gam = -torch.rand(n, r, m, generator=g).log()  # Gamma(1) variates: normalising them first changes nothing
+    torch.testing.assert_close(dense_weights(gam, att), dense_weights(gam / gam.sum(-1, keepdim=True), att))
     scale = torch.rand(1, r, generator=g) * 10 + 0.1  # rescale attention per position j
     torch.testing.assert_close(dense_weights(lam, att * scale), w)
     # definition: w_{k,i}^j = a_i^j λ_{k,i}^j / Σ_i a_i^j λ_{k,i}^j

@@ -27,7 +27,7 @@ from embedlab.methods.base import (
 )
 from embedlab.methods.pairwise import ERM, Mixup, MixupOptions
 from embedlab.models import EmbedNet
-from embedlab.sampling import dirichlet
+from embedlab.sampling import dirichlet, gamma
 
 
 # -------------------------------------------------------------------------------------------------- multimix
@@ -146,7 +146,8 @@ ATTENTION = {"gap": attention_gap, "cam": attention_cam, "none": attention_none}
 def dense_weights(lam: Tensor, att: Tensor) -> Tensor:
     """Attention-weighted interpolation weights ``w_{k,i}^j = a_i^j λ_{k,i}^j / Σ_i a_i^j λ_{k,i}^j``.
 
-    lam ``(n, r, m)`` Dirichlet rows over m, att ``(m, r)`` → ``(n, r, m)``, convex over m at every (k, j).
+    lam ``(n, r, m)`` Dirichlet rows over m (or unnormalised Gamma variates: the result is the same), att ``(m, r)``
+    → ``(n, r, m)``, convex over m at every (k, j).
     """
     w = lam * att.t().unsqueeze(0)  # (n, r, m)
     return w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
@@ -174,6 +175,11 @@ class DenseMultiMix(WithFallback):
             raise EmbedlabError("dense_multimix needs a model whose classifier follows global average pooling of a "
                                 "spatial map (e.g. cnn-gap, preact-resnet18, resnet*); this model has none")
 
+    def _gamma(self, n: int, r: int, m: int, gen: torch.Generator) -> Tensor:
+        if self.alpha is not None and self.alpha <= 0:  # α = 0: Dirichlet limit, one-hot rows
+            return dirichlet(0.0, (n, r, m), gen)
+        return gamma(self.alpha, (n, r, m), gen)
+
     def mixed_loss(self, model: EmbedNet, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
         fmap = model.feature_map(x)  # (b, d, r)
         yy = one_hot(y, model.num_classes)  # (b, c)
@@ -189,7 +195,9 @@ class DenseMultiMix(WithFallback):
         n = self.opts.n
         for start in range(0, n, self.opts.chunk):
             nk = min(self.opts.chunk, n - start)
-            w = dense_weights(dirichlet(self.alpha, (nk, r, m), gen).to(x.device), att)  # (nk, r, m)
+            # λ ~ Dir(α) is G / ΣG with G_i ~ Gamma(α); the attention renormalisation over i cancels ΣG,
+            # so the Gamma variates are used directly (same weights, one normalisation instead of two)
+            w = dense_weights(self._gamma(nk, r, m, gen).to(x.device), att)  # (nk, r, m)
             if self.opts.exact_embedding_mix:
                 z_mix = torch.einsum("krm,mdr->krd", w.to(fmap.dtype), fmap)  # (nk, r, d)
                 logits = model.forward_head(z_mix).float()  # (nk, r, c)
