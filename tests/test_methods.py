@@ -328,3 +328,23 @@ def test_dirichlet_input_targets_follow_inputs():
     loss = m.loss(model, x, y, torch.Generator().manual_seed(0))
     per_example = F.cross_entropy(model(x), y, reduction="none")
     assert per_example.min() - 1e-5 <= loss <= per_example.max() + 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_runs_on_cuda_without_leaving_the_device(name):
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = create_model("cnn-gap", 10, (3, 16, 16), width=8).to(device)
+    x = torch.rand(16, 3, 16, 16, device=device)
+    y = torch.randint(0, 10, (16,), device=device)
+    method = create_method(name, ALWAYS.get(name, {}))
+    method.check_model(model)
+    losses = []
+    for _ in range(2):
+        loss = method.loss(model, x, y, torch.Generator(device=device).manual_seed(0))
+        assert loss.device.type == "cuda" and torch.isfinite(loss)
+        losses.append(float(loss.detach()))
+    loss.backward()
+    assert losses[0] == losses[1]
+    assert all(p.grad is not None and p.grad.device.type == "cuda" for p in model.parameters())
