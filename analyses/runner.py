@@ -1,76 +1,50 @@
-"""Analysis runner: checkpoint → embeddings (cached) → metrics → ``results.json`` + ``arrays.npz``.
+"""Analysis runner: model → embeddings (cached) → analyses → ``results.json`` + ``arrays.npz``.
 
-Analyses are registered with the inputs they need (``needs``: splits among ``train``/``val``/``test``); the runner
-extracts each split once and passes it to every analysis that asked for it.
+Each input an analysis needs is computed once (a split's extraction, OOD sets, the model itself) and shared; an
+analysis whose needs the model cannot provide (no logits in a precomputed array, no nn.Module for attacks) is skipped
+and the reason recorded under ``skipped`` in results.json.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from analyses import metrics as M
+import analyses  # noqa: F401  (registers every analysis)
+from analyses.registry import ANALYSES, Inputs, Output
 from embedlab.checkpoint import load_model, resolve_checkpoint, utc_now, versions
-from embedlab.data import create_dataset
+from embedlab.data import DataSource, create_dataset
 from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write, atomic_write_json, sha256_file
-from embedlab.registry import Registry
 from embedlab.store import Extracted, cached_extract
 
 SCHEMA_VERSION = 1
 KIND = "embedlab.analysis"
 
-Analysis = Callable[["Inputs"], dict[str, dict[str, Any]]]
-ANALYSES: Registry[Analysis] = Registry("analysis")
-
-
-def register_analysis(name: str, *, description: str, needs: tuple[str, ...]) -> Callable[[Analysis], Analysis]:
-    return ANALYSES.register(name, description=description, needs=needs)
-
 
 @dataclass
-class Inputs:
-    """What analyses read: extracted splits and the class count."""
+class Source:
+    """A model to analyse: an nn.Module with its dataset, or precomputed arrays per split."""
 
-    splits: dict[str, Extracted]
-    num_classes: int
+    name: str
+    path: Path
+    sha256: str
+    meta: dict[str, Any]
+    classes: tuple[str, ...]
+    model: torch.nn.Module | None = None
+    data: DataSource | None = None
+    arrays: dict[str, Extracted] = field(default_factory=dict)
 
-    def t(self, split: str, field: str) -> torch.Tensor:
-        return torch.from_numpy(getattr(self.splits[split], field))
-
-
-def metric(value: float, higher_is_better: bool | None, analysis: str, **settings: Any) -> dict[str, Any]:
-    return {"value": float(value), "higher_is_better": higher_is_better, "analysis": analysis, "settings": settings}
-
-
-@register_analysis("accuracy", description="top-1 test accuracy", needs=("test",))
-def _accuracy(inp: Inputs) -> dict[str, dict[str, Any]]:
-    return {"accuracy": metric(M.accuracy(inp.t("test", "logits"), inp.t("test", "labels")), True, "accuracy")}
-
-
-@register_analysis("knn", description="weighted kNN accuracy (cosine, k=20, T=0.07; train embeddings as the bank; faiss)",
-                   needs=("train", "test"))
-def _knn(inp: Inputs, k: int = 20, temperature: float = 0.07) -> dict[str, dict[str, Any]]:
-    acc = M.knn_accuracy(inp.t("train", "embeddings"), inp.t("train", "labels"), inp.t("test", "embeddings"),
-                         inp.t("test", "labels"), inp.num_classes, k=k, temperature=temperature)
-    return {"knn_accuracy": metric(acc, True, "knn", k=k, temperature=temperature, bank="train")}
-
-
-@register_analysis("align_uniform", description="alignment (α=2) and uniformity (t=2) of ℓ2-normalised test embeddings",
-                   needs=("test",))
-def _align_uniform(inp: Inputs) -> dict[str, dict[str, Any]]:
-    z, y = inp.t("test", "embeddings"), inp.t("test", "labels")
-    return {"alignment": metric(M.alignment(z, y, alpha=2.0), False, "align_uniform", alpha=2.0),
-            "uniformity": metric(M.uniformity(z, t=2.0), False, "align_uniform", t=2.0)}
-
-
-@register_analysis("calibration", description="top-label ECE (15 equal-width bins) on the test split", needs=("test",))
-def _calibration(inp: Inputs) -> dict[str, dict[str, Any]]:
-    ece = M.expected_calibration_error(inp.t("test", "logits"), inp.t("test", "labels"), n_bins=15)
-    return {"ece": metric(ece, False, "calibration", n_bins=15)}
+    @property
+    def has_logits(self) -> bool:
+        if self.model is not None:
+            return True
+        return bool(self.arrays) and all(a.logits is not None for a in self.arrays.values())
 
 
 def select_analyses(spec: str) -> list[str]:
@@ -78,66 +52,115 @@ def select_analyses(spec: str) -> list[str]:
     if spec.strip() == "all":
         return ANALYSES.names()
     names = [s.strip() for s in spec.split(",") if s.strip()]
-    for n in names:
-        ANALYSES.get(n)
     if not names:
         raise EmbedlabError("--analyses: give 'all' or a comma-separated list of analysis names")
+    for n in names:
+        ANALYSES.get(n)
     return names
 
 
-def analyze_checkpoint(path: str | Path, out_root: str | Path, *, analyses: list[str] | None = None,
-                       name: str | None = None, cache_dir: str | Path | None = None, device: str = "cpu",
-                       data_root: str | None = None, force: bool = False, progress: bool = True) -> Path:
-    """Analyse one checkpoint; writes ``out_root/<name>/results.json`` and ``arrays.npz``; returns that directory."""
+def open_checkpoint(path: str | Path, device: str, data_root: str | None) -> Source:
     weights = resolve_checkpoint(path)
-    name = name or (weights.parent.name if weights.name in ("model.safetensors", "best.safetensors") else weights.stem)
-    out = Path(out_root) / name
-    sha = sha256_file(weights)
-    _check_overwrite(out / "results.json", sha, force)
-
+    name = weights.parent.name if weights.name in ("model.safetensors", "best.safetensors") else weights.stem
     model, meta = load_model(weights, device)
-    ds_meta = {k: v for k, v in meta["dataset"].items() if k not in ("classes", "input_shape")}
-    ds_name = ds_meta.pop("name")
-    ds_meta.pop("root", None)
-    root = data_root or meta["config"].get("data_root")
-    data = create_dataset(ds_name, root, False, **meta["config"].get("dataset_options", {}))
+    cfg = meta.get("config", {})
+    ds_name = meta["dataset"]["name"]
+    data = create_dataset(ds_name, data_root or cfg.get("data_root"), False, **cfg.get("dataset_options", {}))
     if data.info.num_classes != model.num_classes:
         raise EmbedlabError(f"{weights}: model predicts {model.num_classes} classes but dataset {ds_name!r} "
                             f"has {data.info.num_classes}")
+    return Source(name, weights, sha256_file(weights), meta, data.info.classes, model=model, data=data)
+
+
+def _resolve_needs(src: Source, needs: tuple[str, ...]) -> str | None:
+    """Why ``src`` cannot satisfy ``needs`` (None when it can)."""
+    for need in needs:
+        if need == "logits" and not src.has_logits:
+            return "the model provides no logits (embeddings only)"
+        if need in ("model", "test_data", "ood_data") and src.model is None:
+            return "needs the model itself (precomputed embeddings cannot be attacked or back-propagated)"
+        if need in ("train", "val", "test") and src.model is None and need not in src.arrays:
+            return f"no {need} split in the precomputed arrays"
+        if need in ("ood", "ood_data") and src.data is None:
+            return "no dataset to draw OOD sets for"
+    return None
+
+
+def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | None = None,
+                   cache_dir: str | Path | None = None, device: str = "cpu", force: bool = False,
+                   progress: bool = True, settings: dict[str, dict[str, Any]] | None = None,
+                   ood_sets: dict[str, Dataset] | None = None) -> Path:
+    """Run analyses on one source; writes ``out_root/<name>/results.json`` and ``arrays.npz``."""
+    out = Path(out_root) / src.name
+    _check_overwrite(out / "results.json", src.sha256, force)
     chosen = analyses or ANALYSES.names()
-    needed = sorted({s for a in chosen for s in ANALYSES.get(a).meta["needs"]} | {"test"})
-    splits = {}
-    for split in needed:
-        splits[split], _ = cached_extract(model, sha, data.describe(), split, data.split(split), cache_dir,
-                                          device=device, progress=progress, desc=f"{name}/{split}")
-    inp = Inputs(splits, model.num_classes)
-    results: dict[str, dict[str, Any]] = {}
+    settings = settings or {}
+    runnable, skipped = [], {}
     for a in chosen:
-        results.update(ANALYSES.get(a).obj(inp))
+        reason = _resolve_needs(src, ANALYSES.get(a).meta["needs"])
+        if reason:
+            skipped[a] = reason
+        else:
+            runnable.append(a)
+    needed = {s for a in runnable for s in ANALYSES.get(a).meta["needs"]}
+    splits = dict(src.arrays)
+    if src.model is not None and src.data is not None:
+        for split in sorted(needed & {"train", "val", "test"} | {"test"}):
+            splits[split], _ = cached_extract(src.model, src.sha256, src.data.describe(), split, src.data.split(split),
+                                              cache_dir, device=device, progress=progress, desc=f"{src.name}/{split}")
+    ood, ood_data = {}, {}
+    if needed & {"ood", "ood_data"} and ood_sets:
+        for name, ds in ood_sets.items():
+            ood_data[name] = ds
+            if "ood" in needed:
+                ood[name], _ = cached_extract(src.model, src.sha256, {"ood": name, **src.data.describe()}, "ood", ds,
+                                              cache_dir, device=device, progress=progress, desc=f"{src.name}/ood:{name}")
+    if "test" not in splits:
+        raise EmbedlabError(f"{src.path}: no test split to analyse")
+    inp = Inputs(splits, len(src.classes), src.classes, model=src.model, device=torch.device(device),
+                 test_data=src.data.split("test") if src.data is not None and "test_data" in needed else None,
+                 ood=ood, ood_data=ood_data)
+    metrics: dict[str, Any] = {}
+    plots: dict[str, Any] = {}
+    extra_arrays: dict[str, np.ndarray] = {}
+    for a in runnable:
+        res: Output = ANALYSES.get(a).obj(inp, **settings.get(a, {}))
+        metrics.update(res.metrics)
+        if res.plots:
+            plots[a] = res.plots
+        extra_arrays.update({f"{a}.{k}": v for k, v in res.arrays.items()})
 
     test = splits["test"]
     out.mkdir(parents=True, exist_ok=True)
+    arrays = {"embeddings": test.embeddings, "labels": test.labels, **extra_arrays}
+    if test.logits is not None:
+        arrays["logits"] = test.logits
     with atomic_write(out / "arrays.npz") as fh:
-        np.savez(fh, embeddings=test.embeddings, labels=test.labels, logits=test.logits)
+        np.savez(fh, **arrays)
     atomic_write_json(out / "results.json", {
         "schema_version": SCHEMA_VERSION, "kind": KIND,
-        "model": {"name": name, "source": str(weights), "sha256": sha, "meta": meta},
-        "dataset": {"name": ds_name, "split": "test", "num_examples": int(len(test.labels)),
-                    "classes": list(data.info.classes)},
-        "metrics": results, "arrays": "arrays.npz", "created_utc": utc_now(), "versions": versions(),
+        "model": {"name": src.name, "source": str(src.path), "sha256": src.sha256, "meta": src.meta},
+        "dataset": {"name": src.meta.get("dataset", {}).get("name", "?"), "split": "test",
+                    "num_examples": int(len(test.labels)), "classes": list(src.classes)},
+        "metrics": metrics, "plots": plots, "skipped": skipped, "settings": settings,
+        "arrays": "arrays.npz", "created_utc": utc_now(), "versions": versions(),
     })
     return out
+
+
+def analyze_checkpoint(path: str | Path, out_root: str | Path, *, device: str = "cpu", data_root: str | None = None,
+                       **kw: Any) -> Path:
+    """Analyse an embedlab checkpoint (run directory or .safetensors file)."""
+    return analyze_source(open_checkpoint(path, device, data_root), out_root, device=device, **kw)
 
 
 def _check_overwrite(results: Path, sha: str, force: bool) -> None:
     """Refuse to replace results of a *different* model unless ``force``; same model → refresh in place."""
     if force or not results.exists():
         return
-    import json
-
     try:
         old = json.loads(results.read_text())["model"]["sha256"]
-    except Exception:
+    except (OSError, ValueError, KeyError, TypeError):
         old = None
     if old != sha:
         raise EmbedlabError(f"{results} holds results of another model; choose another --out or pass --force")

@@ -332,13 +332,81 @@ class ImageFolderData(_SplitImages):
         return {**super().describe(), "image_size": self.resize}
 
 
+class _Relabel(Dataset):
+    """Examples of ``base`` at ``indices`` with labels mapped through ``mapping`` (original → new)."""
+
+    def __init__(self, base: Dataset, indices: np.ndarray, mapping: dict[int, int]) -> None:
+        self.base, self.indices, self.mapping = base, indices, mapping
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        x, y = self.base[int(self.indices[i])]
+        return x, torch.as_tensor(self.mapping.get(int(y), -1))
+
+    def __getitems__(self, idx: list[int]) -> Any:
+        if hasattr(self.base, "__getitems__") and isinstance(self.base, TensorData):
+            x, y = self.base.__getitems__([int(self.indices[i]) for i in idx])
+            return x, torch.tensor([self.mapping.get(int(v), -1) for v in y])
+        return [self[i] for i in idx]
+
+
+def _labels_of(ds: Dataset) -> np.ndarray:
+    """All labels of a dataset, read cheaply where the dataset exposes them."""
+    if isinstance(ds, TensorData):
+        return ds.y.numpy()
+    if isinstance(ds, Subset):
+        return _labels_of(ds.dataset)[np.asarray(ds.indices)]
+    for attr in ("targets", "labels"):
+        if hasattr(ds, attr):
+            return np.asarray(getattr(ds, attr))
+    return np.asarray([int(ds[i][1]) for i in range(len(ds))])
+
+
+class ClassSubset(DataSource):
+    """A dataset restricted to some classes (labels renumbered 0..k−1); the other classes' test examples form the
+    ``heldout`` set, the near-OOD set of held-out-class OOD detection (e.g. digits classes 0–5 vs 6–9)."""
+
+    def __init__(self, base: DataSource, classes: Sequence[int]) -> None:
+        n = base.info.num_classes
+        keep = sorted({int(c) for c in classes})
+        if len(keep) < 2 or keep[0] < 0 or keep[-1] >= n:
+            raise EmbedlabError(f"classes option: need at least 2 class indices in 0..{n - 1}, got {list(classes)}")
+        self.base, self.keep = base, keep
+        self.mapping = {c: i for i, c in enumerate(keep)}
+        info = base.info
+        self.info = DatasetInfo(info.name, tuple(info.classes[c] for c in keep), info.input_shape, info.mean,
+                                info.std, info.default_model, info.is_image)
+
+    def split(self, name: str, augment: bool = False) -> Dataset:
+        ds = self.base.split(name, augment)
+        idx = np.flatnonzero(np.isin(_labels_of(ds), self.keep))
+        return _Relabel(ds, idx, self.mapping)
+
+    def heldout(self) -> Dataset:
+        """Test examples of the classes left out (labels −1)."""
+        ds = self.base.split("test")
+        return _Relabel(ds, np.flatnonzero(~np.isin(_labels_of(ds), self.keep)), {})
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.base.describe(), "classes": self.keep}
+
+
 def create_dataset(name: str, root: str | None = None, download: bool = False, **options: Any) -> DataSource:
-    """Build a registered dataset; ``options`` are its keyword arguments (e.g. ``K`` for toy-gmm)."""
+    """Build a registered dataset; ``options`` are its keyword arguments (e.g. ``K`` for toy-gmm).
+
+    The generic option ``classes`` (a list of class indices) keeps only those classes; see :class:`ClassSubset`.
+    """
     entry = DATASETS.get(name)
+    classes = options.pop("classes", None)
     try:
-        return entry.obj(root=root, download=download, **options)
+        data = entry.obj(root=root, download=download, **options)
     except TypeError as e:
         raise EmbedlabError(f"bad option for dataset {name!r}: {e}") from None
+    if classes is not None:
+        data = ClassSubset(data, [classes] if isinstance(classes, int) else classes)
+    return data
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:

@@ -28,10 +28,10 @@ CACHE_VERSION = 1
 
 @dataclass
 class Extracted:
-    """Arrays of one split: embeddings (N, d) float32, logits (N, C) float32, labels (N,) int64."""
+    """Arrays of one split: embeddings (N, d) float32, labels (N,) int64, logits (N, C) float32 or None."""
 
     embeddings: np.ndarray
-    logits: np.ndarray
+    logits: np.ndarray | None
     labels: np.ndarray
 
 

@@ -107,3 +107,25 @@ def test_shared_cifar10_jpeg_as_imagefolder(tmp_path):
     d = create_dataset("imagefolder", root=str(root), val_fraction=0.0)
     assert d.info.num_classes == 10 and d.info.input_shape == (3, 32, 32)
     assert "airplane" in d.info.classes
+
+
+def test_class_subset_and_heldout():
+    d = create_dataset("digits", classes=(0, 1, 2, 3, 4, 5))
+    assert d.info.classes == tuple("012345") and d.info.num_classes == 6
+    tr = d.split("train")
+    x, y = tr.__getitems__(list(range(len(tr))))
+    assert set(y.tolist()) == set(range(6)) and len(tr) < 1257
+    held = d.heldout()
+    full = create_dataset("digits").split("test")
+    assert len(held) + len(d.split("test")) == len(full)
+    assert d.describe()["classes"] == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(EmbedlabError, match="need at least 2 class indices"):
+        create_dataset("digits", classes=(3,))
+
+
+def test_class_subset_remaps_labels():
+    d = create_dataset("digits", classes=(7, 9))
+    full = create_dataset("digits").split("test")
+    x, y = d.split("test").__getitems__(list(range(len(d.split("test")))))
+    assert set(y.tolist()) == {0, 1}
+    assert int((full.y == 9).sum()) == int((y == 1).sum())
