@@ -48,7 +48,8 @@ class Inputs:
 
     def t(self, split: str, name: str) -> torch.Tensor:
         """A split's array as a tensor: ``inp.t("test", "embeddings")`` → ``(N, d)``."""
-        return torch.from_numpy(np.asarray(getattr(self.splits[split], name)))
+        a = np.asarray(getattr(self.splits[split], name))
+        return torch.from_numpy(a if a.flags.writeable else np.array(a))  # memory-mapped cache → in-memory copy
 
 
 Analysis = Callable[..., Output]

@@ -105,6 +105,11 @@ class EmbedNet(nn.Module):
         """The classifier g: logits ``(B, C)`` from embeddings ``(B, d)``."""
         return self.head(z)
 
+    def embed_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Embeddings ``(B, d)`` and logits ``(B, C)`` in one pass (what extraction stores)."""
+        z = self.forward_features(x)
+        return z, self.forward_head(z)
+
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))
 
@@ -239,10 +244,17 @@ class ExternalNet(EmbedNet):
     """
 
     def __init__(self, net: nn.Module, head: nn.Linear, input_shape: Sequence[int], mean=None, std=None,
-                 gray_to_rgb: bool = False) -> None:
+                 gray_to_rgb: bool = False, resize: int | None = None, embedding: str | None = None) -> None:
         super().__init__([], head, "none", mean, std, input_ndim=len(input_shape))
         self.net = net
         self.gray_to_rgb = gray_to_rgb  # 1-channel data into a 3-channel network: repeat the channel
+        self.resize = resize  # the model's own input size (part of its preprocessing)
+        # where the embedding is read: None → the input of g; "method:NAME" → net.NAME(x); else a module's output
+        self.embedding = embedding
+        if embedding and not embedding.startswith("method:") and embedding not in dict(net.named_modules()):
+            from embedlab.errors import EmbedlabError
+
+            raise EmbedlabError(f"embedding module {embedding!r} not found in {type(net).__name__}")
         # g lives inside net; keep a plain reference so its weights are stored once (under net.*)
         del self._modules["head"]
         object.__setattr__(self, "head", head)
@@ -254,7 +266,7 @@ class ExternalNet(EmbedNet):
                 was = net.training
                 net.eval()
                 try:
-                    fmap, z = self._capture(torch.rand(2, *input_shape), want_map=True)
+                    fmap, z, _ = self._capture(torch.rand(2, *input_shape), want_map=True)
                 except RuntimeError as e:
                     from embedlab.errors import EmbedlabError
 
@@ -269,20 +281,30 @@ class ExternalNet(EmbedNet):
     def supports_dense(self) -> bool:
         return self._dense
 
-    def _capture(self, x: Tensor, want_map: bool = False) -> tuple[Tensor | None, Tensor]:
-        """One forward pass; returns (input of the global pool or None, input of the head)."""
+    def _capture(self, x: Tensor, want_map: bool = False) -> tuple[Tensor | None, Tensor, Tensor]:
+        """One forward pass; returns (input of the global pool or None, embedding, logits)."""
         seen: dict[str, Tensor] = {}
-        hooks = [self.head.register_forward_pre_hook(lambda _m, inp: seen.__setitem__("z", inp[0]))]
+        xn = self.normalise(x)
+        if self.embedding and self.embedding.startswith("method:"):
+            return None, getattr(self.net, self.embedding[7:])(xn).flatten(1), self.net(xn)
+        if self.embedding:
+            module = dict(self.net.named_modules())[self.embedding]
+            hooks = [module.register_forward_hook(lambda _m, _i, out: seen.__setitem__("z", out))]
+        else:
+            hooks = [self.head.register_forward_pre_hook(lambda _m, inp: seen.__setitem__("z", inp[0]))]
         if want_map and self._pool is not None:
             hooks.append(self._pool.register_forward_pre_hook(lambda _m, inp: seen.__setitem__("map", inp[0])))
         try:
-            self.net(self.normalise(x))
+            logits = self.net(xn)
         finally:
             for h in hooks:
                 h.remove()
-        return seen.get("map"), seen["z"].flatten(1)
+        return seen.get("map"), seen["z"].flatten(1), logits
 
     def normalise(self, x: Tensor) -> Tensor:
+        if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
+            x = nn.functional.interpolate(x, size=(self.resize, self.resize), mode="bilinear", antialias=True,
+                                          align_corners=False)
         x = super().normalise(x)
         return x.expand(-1, 3, *x.shape[2:]) if self.gray_to_rgb else x
 
@@ -305,13 +327,17 @@ class ExternalNet(EmbedNet):
         return ["0"] + [n for n, _ in self.net.named_modules() if n]
 
     def feature_map(self, x: Tensor) -> Tensor:
-        fmap, _ = self._capture(x, want_map=True)
+        fmap, _, _ = self._capture(x, want_map=True)
         if fmap is None or not self._dense:
             raise ValueError("this model has no global-average-pooled feature map")
         return fmap.flatten(2)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self._capture(x)[1]
+
+    def embed_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _, z, logits = self._capture(x)
+        return z, logits
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.normalise(x))

@@ -1,29 +1,35 @@
 """Embedding extraction with an on-disk cache.
 
-``extract`` runs the encoder f and classifier g over a dataset split (batched, ``no_grad``, eval mode, bf16 autocast
-on CUDA) and returns embeddings ``(N, d)``, logits ``(N, C)`` and labels ``(N,)``. ``cached_extract`` keys the result
-by the checkpoint's content hash, the dataset description, the split and the transform, so a second analysis of the
-same model reuses it. Cache files are written atomically; an unreadable entry is rebuilt, never used.
+``extract`` runs a model over a dataset split (batched, ``no_grad``, eval mode, bf16 autocast on CUDA) and streams
+embeddings ``(N, d)``, logits ``(N, C)`` and labels ``(N,)`` into ``.npy`` files, so that extractions larger than
+memory (1.3M × 2048) work; the arrays are then opened memory-mapped. ``cached_extract`` keys an extraction by the
+model's content hash, the dataset description, the split and the transform, so a second analysis reuses it.
+
+A cache entry is a directory ``<key>/`` holding the three arrays and ``done.json`` (shapes and SHA-256 of each file),
+written last and atomically: an entry without a valid ``done.json``, or whose files do not match it, is rebuilt,
+never used.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.lib.format import open_memmap
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from embedlab.data import collate_batched
-from embedlab.io import atomic_write
-from embedlab.models import EmbedNet
+from embedlab.io import atomic_write_json, sha256_file
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+FIELDS = ("embeddings", "logits", "labels")
 
 
 @dataclass
@@ -40,52 +46,93 @@ def default_cache_dir() -> Path:
 
 
 @torch.no_grad()
-def extract(model: EmbedNet, dataset: Dataset, *, device: torch.device | str = "cpu", batch_size: int = 512,
-            num_workers: int = 0, progress: bool = False, desc: str = "extract") -> Extracted:
-    """Run ``z = f(x)`` and ``g(z)`` over ``dataset`` in order."""
+def extract(model: torch.nn.Module, dataset: Dataset, out_dir: str | Path | None = None, *,
+            device: torch.device | str = "cpu", batch_size: int = 512, num_workers: int = 0,
+            progress: bool = False, desc: str = "extract") -> Extracted:
+    """Run ``(z, logits) = model.embed_and_logits(x)`` over ``dataset`` in order.
+
+    With ``out_dir`` the arrays are streamed into ``out_dir/{embeddings,logits,labels}.npy`` and returned
+    memory-mapped; without it they are gathered in memory.
+    """
     device = torch.device(device)
+    was_training = model.training
     model = model.to(device).eval()
+    n = len(dataset)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_batched,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
-    embs, logits, labels = [], [], []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        with autocast:
-            z = model.forward_features(x.to(device, non_blocking=True))
-            out = model.forward_head(z)
-        embs.append(z.float().cpu())
-        logits.append(out.float().cpu())
-        labels.append(y.cpu())
-    return Extracted(torch.cat(embs).numpy(), torch.cat(logits).numpy(), torch.cat(labels).long().numpy())
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    arrays: dict[str, np.ndarray] = {}
+    pos = 0
+    try:
+        for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            with autocast:
+                z, logits = model.embed_and_logits(x.to(device, non_blocking=True))
+            batch = {"embeddings": z.float().cpu().numpy(), "logits": logits.float().cpu().numpy(),
+                     "labels": torch.as_tensor(y).long().cpu().numpy()}
+            if not arrays:
+                for k, v in batch.items():
+                    shape = (n, *v.shape[1:])
+                    arrays[k] = (open_memmap(Path(out_dir) / f"{k}.npy", mode="w+", dtype=v.dtype, shape=shape)
+                                 if out_dir is not None else np.empty(shape, dtype=v.dtype))
+            for k, v in batch.items():
+                arrays[k][pos:pos + len(v)] = v
+            pos += len(batch["labels"])
+    finally:
+        model.train(was_training)
+    if pos != n:
+        raise RuntimeError(f"extraction produced {pos} rows for a dataset of {n}")
+    for a in arrays.values():
+        if isinstance(a, np.memmap):
+            a.flush()
+    return Extracted(arrays["embeddings"], arrays["logits"], arrays["labels"])
 
 
 def cache_key(model_sha256: str, dataset: dict[str, Any], split: str, transform: str = "eval") -> str:
     blob = json.dumps({"v": CACHE_VERSION, "model": model_sha256, "dataset": dataset, "split": split,
-                       "transform": transform}, sort_keys=True)
+                       "transform": transform}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _read(path: Path) -> Extracted | None:
+def read_entry(entry: Path, verify: bool = True) -> Extracted | None:
+    """Open a complete cache entry memory-mapped; None if it is missing, partial or corrupted."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            out = Extracted(f["embeddings"], f["logits"], f["labels"])
-    except Exception:  # any unreadable/partial entry is rebuilt
+        done = json.loads((entry / "done.json").read_text())
+        out = {}
+        for k in FIELDS:
+            path = entry / f"{k}.npy"
+            if verify and sha256_file(path) != done[k]["sha256"]:
+                return None
+            out[k] = np.load(path, mmap_mode="r", allow_pickle=False)
+            if list(out[k].shape) != done[k]["shape"]:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    n = len(out.labels)
-    if len(out.embeddings) != n or len(out.logits) != n:
-        return None
-    return out
+    return Extracted(out["embeddings"], out["logits"], out["labels"])
 
 
-def cached_extract(model: EmbedNet, model_sha256: str, dataset_desc: dict[str, Any], split: str,
+def cached_extract(model: torch.nn.Module, model_sha256: str, dataset_desc: dict[str, Any], split: str,
                    dataset: Dataset, cache_dir: str | Path | None = None, **kw: Any) -> tuple[Extracted, bool]:
     """Extract or reuse a cached extraction; returns ``(arrays, was_cached)``."""
-    path = Path(cache_dir or default_cache_dir()) / f"{cache_key(model_sha256, dataset_desc, split)}.npz"
-    if path.exists():
-        hit = _read(path)
-        if hit is not None:
-            return hit, True
-    out = extract(model, dataset, **kw)
-    with atomic_write(path) as fh:
-        np.savez(fh, embeddings=out.embeddings, logits=out.logits, labels=out.labels)
-    return out, False
+    root = Path(cache_dir or default_cache_dir())
+    entry = root / cache_key(model_sha256, dataset_desc, split)
+    hit = read_entry(entry)
+    if hit is not None:
+        return hit, True
+    tmp = root / f".{entry.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        out = extract(model, dataset, tmp, **kw)
+        del out
+        atomic_write_json(tmp / "done.json", {k: {"sha256": sha256_file(tmp / f"{k}.npy"),
+                                                  "shape": list(np.load(tmp / f"{k}.npy", mmap_mode="r").shape)}
+                                              for k in FIELDS})
+        shutil.rmtree(entry, ignore_errors=True)
+        os.replace(tmp, entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result = read_entry(entry, verify=False)
+    assert result is not None
+    return result, False

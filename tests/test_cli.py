@@ -78,11 +78,11 @@ def test_train_analyze_report_end_to_end(tmp_path, capsys):
 
     assert run("analyze", str(runs / "erm"), str(runs / "dense_multimix"), "--out", str(res),
                "--cache-dir", str(cache), "--device", "cpu", "--no-progress") == 0
-    cached = sorted(cache.glob("*.npz"))
+    cached = sorted(cache.glob("*/done.json"))
     assert len(cached) == 4  # train + test per model
     stamps = [p.stat().st_mtime_ns for p in cached]
     assert run("analyze", str(runs / "erm"), "--out", str(res), "--cache-dir", str(cache), "--no-progress") == 0
-    assert [p.stat().st_mtime_ns for p in sorted(cache.glob("*.npz"))] == stamps  # reused, not recomputed
+    assert [p.stat().st_mtime_ns for p in sorted(cache.glob("*/done.json"))] == stamps  # reused, not recomputed
 
     results = {d.name: json.loads((d / "results.json").read_text()) for d in res.iterdir()}
     assert set(results) == {"erm", "dense_multimix"}
@@ -122,7 +122,7 @@ def test_corrupted_cache_entry_is_rebuilt(tmp_path):
     cache = tmp_path / "cache"
     assert run("analyze", str(out), "--out", str(tmp_path / "a"), "--cache-dir", str(cache), "--analyses", "accuracy",
                "--no-progress") == 0
-    (entry,) = cache.glob("*.npz")
+    (entry,) = cache.glob("*/logits.npy")
     good = json.loads((tmp_path / "a" / "run" / "results.json").read_text())["metrics"]["accuracy"]["value"]
     entry.write_bytes(entry.read_bytes()[:100])
     assert run("analyze", str(out), "--out", str(tmp_path / "a"), "--cache-dir", str(cache), "--analyses", "accuracy",
