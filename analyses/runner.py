@@ -6,6 +6,7 @@ and the reason recorded under ``skipped`` in results.json.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,56 @@ def open_checkpoint(path: str | Path, device: str, data_root: str | None) -> Sou
         raise EmbedlabError(f"{weights}: model predicts {model.num_classes} classes but dataset {ds_name!r} "
                             f"has {data.info.num_classes}")
     return Source(name, weights, sha256_file(weights), meta, data.info.classes, model=model, data=data)
+
+
+def open_spec(path: str | Path, device: str, data_root: str | None) -> Source:
+    """An external model described by a JSON spec (see :mod:`embedlab.external`)."""
+    from embedlab.external import build_external, read_spec
+
+    p = Path(path)
+    spec = read_spec(p)
+    data = create_dataset(spec.dataset, data_root or spec.data_root, False, **spec.dataset_options)
+    model, sha = build_external(spec, data.info.input_shape, data.info.num_classes, p.parent)
+    with torch.no_grad():
+        x = data.split("test")[0][0].unsqueeze(0)
+        n_out = model(x).shape[-1]
+    if n_out != data.info.num_classes:
+        raise EmbedlabError(f"{p}: model outputs {n_out} classes but dataset {spec.dataset!r} has "
+                            f"{data.info.num_classes}")
+    meta = {"external": dataclasses.asdict(spec), "model": {"name": f"{spec.kind}:{spec.arch or p.stem}"},
+            "method": {"name": "external", "options": {}}, "dataset": {"name": spec.dataset}}
+    return Source(spec.name, p, sha, meta, data.info.classes, model=model.to(device), data=data)
+
+
+def open_arrays(path: str | Path) -> Source:
+    """Precomputed embeddings (``.npz``): embedding-only analyses, plus logit-based ones when logits are given."""
+    from embedlab.external import read_arrays
+
+    p = Path(path)
+    splits, classes = read_arrays(p)
+    n_cls = max(int(s["labels"].max()) + 1 for s in splits.values())
+    widths = {s["logits"].shape[1] for s in splits.values() if s["logits"] is not None}
+    if widths and widths != {max(n_cls, *widths)}:
+        raise EmbedlabError(f"{p}: logits have {sorted(widths)} columns but labels reach class {n_cls - 1}")
+    n_cls = max(n_cls, *widths) if widths else n_cls
+    if classes is not None and len(classes) < n_cls:
+        raise EmbedlabError(f"{p}: {len(classes)} class names for {n_cls} classes")
+    classes = classes or tuple(str(i) for i in range(n_cls))
+    arrays = {k: Extracted(v["embeddings"], v["logits"], v["labels"]) for k, v in splits.items()}
+    meta = {"model": {"name": "precomputed"}, "method": {"name": "–", "options": {}}, "dataset": {"name": p.stem}}
+    return Source(p.stem, p, sha256_file(p), meta, classes, arrays=arrays)
+
+
+def open_source(path: str | Path, device: str = "cpu", data_root: str | None = None) -> Source:
+    """Dispatch on what ``path`` is: a model spec (.json), precomputed arrays (.npz), or an embedlab checkpoint."""
+    p = Path(path)
+    if p.suffix == ".json" and p.is_file():
+        return open_spec(p, device, data_root)
+    if p.suffix == ".npz":
+        if not p.exists():
+            raise EmbedlabError(f"arrays file not found: {p}")
+        return open_arrays(p)
+    return open_checkpoint(p, device, data_root)
 
 
 def _resolve_needs(src: Source, needs: tuple[str, ...]) -> str | None:
@@ -148,10 +199,11 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
     return out
 
 
-def analyze_checkpoint(path: str | Path, out_root: str | Path, *, device: str = "cpu", data_root: str | None = None,
-                       **kw: Any) -> Path:
-    """Analyse an embedlab checkpoint (run directory or .safetensors file)."""
-    return analyze_source(open_checkpoint(path, device, data_root), out_root, device=device, **kw)
+def analyze_path(path: str | Path, out_root: str | Path, *, device: str = "cpu", data_root: str | None = None,
+                 **kw: Any) -> Path:
+    """Analyse a checkpoint, a model spec (.json) or precomputed arrays (.npz)."""
+    return analyze_source(open_source(path, device, data_root), out_root, device=device, **kw)
+
 
 
 def _check_overwrite(results: Path, sha: str, force: bool) -> None:

@@ -132,13 +132,13 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_analyze(a: argparse.Namespace) -> int:
-    from analyses.runner import analyze_checkpoint, select_analyses
+    from analyses.runner import analyze_path, select_analyses
 
     chosen = select_analyses(a.analyses)
     if not a.models:
         raise EmbedlabError("analyze: give at least one checkpoint or run directory")
     for m in a.models:
-        out = analyze_checkpoint(m, a.out, analyses=chosen, cache_dir=a.cache_dir, device=_device(a.device),
+        out = analyze_path(m, a.out, analyses=chosen, cache_dir=a.cache_dir, device=_device(a.device),
                                  data_root=a.data_root, force=a.force, progress=not a.no_progress)
         print(f"analysed {m} → {out / 'results.json'}")
     return 0
@@ -170,7 +170,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from analyses.runner import analyze_checkpoint
+    from analyses.runner import analyze_path
     from reports.html import render_report
     from reports.load import load_results
     from trainers import train
@@ -187,7 +187,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         cfg = TrainConfig(dataset="digits", method=method, epochs=a.epochs, seed=a.seed, device=a.device)
         print(f"[demo] training {method} on digits ({a.epochs} epochs)", flush=True)
         ckpt = train(cfg, run, progress=not a.no_progress)
-        result_dirs.append(analyze_checkpoint(ckpt, out / "results", cache_dir=out / "cache",
+        result_dirs.append(analyze_path(ckpt, out / "results", cache_dir=out / "cache",
                                               device=_device(a.device), force=True, progress=not a.no_progress))
     results = load_results(result_dirs)
     render_report(results, report, title="embedlab demo: mixup-family methods on digits")
@@ -279,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
              "For each checkpoint (run directory or .safetensors file): extract embeddings of the needed splits "
              "(cached by model content hash, dataset and split), run the analyses, and write "
              "OUT/<run name>/results.json and arrays.npz.")
-    an.add_argument("models", nargs="*", metavar="MODEL", help="run directories or .safetensors checkpoints")
+    an.add_argument("models", nargs="*", metavar="MODEL",
+                    help="run directories or .safetensors checkpoints; external models as a JSON spec (.json: "
+                         "torchvision/timm architecture + weights, TorchScript, or package.module:factory); "
+                         "precomputed embeddings as .npz (embeddings, labels, optional logits)")
     an.add_argument("--out", required=True, help="results directory")
     an.add_argument("--analyses", default="all", help="'all' or a comma-separated list (see `embedlab list analyses`)")
     an.add_argument("--cache-dir", help="embedding cache (default $EMBEDLAB_CACHE or ~/.cache/embedlab)")

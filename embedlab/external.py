@@ -1,0 +1,230 @@
+"""Models a user brings, described by a small JSON spec, and precomputed embedding arrays.
+
+A spec names the architecture, the weights file, the dataset it is evaluated on, its preprocessing and where its
+embedding is read::
+
+    {"name": "my-r18", "kind": "torchvision", "arch": "resnet18", "weights": "r18.pth", "num_classes": 10,
+     "dataset": "cifar10", "data_root": "~/data",
+     "preprocess": {"size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+     "embedding": null}
+
+``kind``: ``torchvision`` / ``timm`` (architecture by name), ``factory`` (``arch`` = ``package.module:function``
+returning an ``nn.Module``), ``torchscript`` (``weights`` is a TorchScript file). ``embedding``: null (the input of
+the last linear layer), a module name (its output, flattened) or ``method:NAME`` (``model.NAME(x)``, e.g.
+``method:forward_features``). Weights load with ``torch.load(weights_only=True)`` or safetensors, so a weights file
+never executes code. TorchScript files and ``factory`` modules *are* code: use them only for models you trust.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from embedlab.config import parse_options
+from embedlab.errors import EmbedlabError
+from embedlab.io import sha256_file
+from embedlab.models import ExternalNet, _last_linear
+
+KINDS = ("torchvision", "timm", "factory", "torchscript")
+
+
+@dataclasses.dataclass
+class Preprocess:
+    size: Optional[int] = None
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    name: str
+    kind: str
+    dataset: str
+    arch: Optional[str] = None
+    weights: Optional[str] = None
+    num_classes: Optional[int] = None
+    data_root: Optional[str] = None
+    dataset_options: dict = dataclasses.field(default_factory=dict)
+    preprocess: dict = dataclasses.field(default_factory=dict)
+    embedding: Optional[str] = None
+    factory_kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        if self.kind not in KINDS:
+            raise EmbedlabError(f"{where}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind != "torchscript" and not self.arch:
+            raise EmbedlabError(f"{where}: kind {self.kind!r} needs 'arch'")
+        if self.kind == "torchscript" and not self.weights:
+            raise EmbedlabError(f"{where}: kind 'torchscript' needs 'weights' (the TorchScript file)")
+
+
+def read_spec(path: str | Path) -> ModelSpec:
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise EmbedlabError(f"cannot read model spec {p}: {e}") from None
+    if not isinstance(raw, dict):
+        raise EmbedlabError(f"model spec {p}: expected a JSON object")
+    for key in ("name", "kind", "dataset"):
+        if key not in raw:
+            raise EmbedlabError(f"model spec {p}: missing required key {key!r}")
+    spec = parse_options(ModelSpec, raw, f"model spec {p}")
+    parse_options(Preprocess, spec.preprocess, f"model spec {p} preprocess")
+    return spec
+
+
+def load_weights(path: Path) -> dict[str, Tensor]:
+    """A state dict from .safetensors or a torch file, never unpickling code (weights_only=True)."""
+    if not path.exists():
+        raise EmbedlabError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise EmbedlabError(f"cannot read weights {path}: {e}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for files with code/objects; RuntimeError/EOFError for bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EmbedlabError(f"refusing to load {path}: not a plain tensor file "
+                            f"(torch.load with weights_only=True failed: {first})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise EmbedlabError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+class ScriptedNet(nn.Module):
+    """A TorchScript classifier: logits from ``forward``, embedding from a method (``method:NAME``)."""
+
+    def __init__(self, net: torch.jit.ScriptModule, embed_method: str, input_shape, mean, std,
+                 resize: int | None) -> None:
+        super().__init__()
+        self.net, self.embed_method, self.resize = net, embed_method, resize
+        shape = (-1,) + (1,) * (len(input_shape) - 1)
+        self.register_buffer("input_mean", torch.tensor(mean or [0.0]).reshape(shape))
+        self.register_buffer("input_std", torch.tensor(std or [1.0]).reshape(shape))
+
+    def normalise(self, x: Tensor) -> Tensor:
+        if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
+            x = nn.functional.interpolate(x, size=(self.resize, self.resize), mode="bilinear", antialias=True)
+        return (x - self.input_mean) / self.input_std
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.normalise(x))
+
+    def embed_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        xn = self.normalise(x)
+        return getattr(self.net, self.embed_method)(xn).flatten(1), self.net(xn)
+
+
+def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int,
+                   base_dir: Path) -> tuple[nn.Module, str]:
+    """The model described by ``spec`` with its weights loaded, and a content hash for the extraction cache."""
+    pre = parse_options(Preprocess, spec.preprocess, "preprocess")
+    weights = (base_dir / Path(spec.weights).expanduser()) if spec.weights else None
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str).encode())
+    if weights is not None:
+        if not weights.exists():
+            raise EmbedlabError(f"weights file not found: {weights}")
+        h.update(sha256_file(weights).encode())
+    n_cls = spec.num_classes or num_classes
+    if spec.kind == "torchscript":
+        if not (spec.embedding or "").startswith("method:"):
+            raise EmbedlabError("a torchscript model needs \"embedding\": \"method:NAME\" (e.g. method:forward_features)")
+        try:
+            net = torch.jit.load(str(weights), map_location="cpu")
+        except (RuntimeError, ValueError) as e:
+            raise EmbedlabError(f"cannot load TorchScript file {weights}: {str(e).splitlines()[0]}") from None
+        model: nn.Module = ScriptedNet(net, spec.embedding[7:], input_shape, pre.mean, pre.std, pre.size)
+    else:
+        net = _instantiate(spec, n_cls, input_shape)
+        if weights is not None:
+            state = load_weights(weights)
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise EmbedlabError(f"weights {weights} do not match {spec.arch!r}: "
+                                    f"{' '.join(str(e).strip().splitlines()[0:2])}") from None
+        head = net.get_classifier() if spec.kind == "timm" else _last_linear(net, n_cls)
+        model = ExternalNet(net, head, input_shape, pre.mean, pre.std,
+                            gray_to_rgb=input_shape[0] == 1 and spec.kind != "factory", resize=pre.size,
+                            embedding=spec.embedding)
+    return model.eval(), h.hexdigest()
+
+
+def _instantiate(spec: ModelSpec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    if spec.kind == "torchvision":
+        import torchvision
+
+        try:
+            return torchvision.models.get_model(spec.arch, weights=None, num_classes=num_classes, **spec.factory_kwargs)
+        except ValueError as e:
+            raise EmbedlabError(f"unknown torchvision model {spec.arch!r} ({e})") from None
+    if spec.kind == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise EmbedlabError("kind 'timm' needs timm: pip install timm") from None
+        return timm.create_model(spec.arch, pretrained=False, num_classes=num_classes, **spec.factory_kwargs)
+    module_name, _, fn_name = str(spec.arch).partition(":")
+    if not fn_name:
+        raise EmbedlabError(f"factory arch must be 'package.module:function', got {spec.arch!r}")
+    try:
+        fn = getattr(importlib.import_module(module_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise EmbedlabError(f"cannot import factory {spec.arch!r}: {e}") from None
+    net = fn(**spec.factory_kwargs)
+    if not isinstance(net, nn.Module):
+        raise EmbedlabError(f"factory {spec.arch!r} returned {type(net).__name__}, not an nn.Module")
+    return net
+
+
+def read_arrays(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray | None]], tuple[str, ...] | None]:
+    """Precomputed arrays: an ``.npz`` with ``embeddings``, ``labels`` and optional ``logits`` (taken as the test
+    split), or per split ``test_embeddings``, ``train_embeddings``, … ; optional ``classes`` (names).
+
+    Returns ``{split: {"embeddings", "labels", "logits"}}`` and the class names (or None).
+    """
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise EmbedlabError(f"cannot read arrays {p}: {e}") from None
+    splits: dict[str, dict[str, np.ndarray | None]] = {}
+    for split in ("train", "val", "test"):
+        prefix = "" if split == "test" and "embeddings" in data else f"{split}_"
+        if f"{prefix}embeddings" not in data:
+            continue
+        emb = np.asarray(data[f"{prefix}embeddings"], dtype=np.float32)
+        if f"{prefix}labels" not in data:
+            raise EmbedlabError(f"{p}: has {prefix}embeddings but no {prefix}labels")
+        labels = np.asarray(data[f"{prefix}labels"]).astype(np.int64)
+        logits = data.get(f"{prefix}logits")
+        if emb.ndim != 2:
+            raise EmbedlabError(f"{p}: {prefix}embeddings must be 2-D (N, d), got shape {emb.shape}")
+        if len(labels) != len(emb) or (logits is not None and len(logits) != len(emb)):
+            raise EmbedlabError(f"{p}: {prefix}embeddings, labels and logits differ in length "
+                                f"({len(emb)}, {len(labels)}, {None if logits is None else len(logits)})")
+        if not np.isfinite(emb).all() or (logits is not None and not np.isfinite(logits).all()):
+            raise EmbedlabError(f"{p}: {prefix}embeddings or logits contain NaN or Inf")
+        splits[split] = {"embeddings": emb, "labels": labels,
+                         "logits": None if logits is None else np.asarray(logits, dtype=np.float32)}
+    if "test" not in splits:
+        raise EmbedlabError(f"{p}: no embeddings found (expected keys embeddings + labels, or test_embeddings + test_labels)")
+    classes = tuple(str(c) for c in data["classes"]) if "classes" in data else None
+    return splits, classes

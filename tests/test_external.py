@@ -1,0 +1,148 @@
+"""External models (torchvision + weights, TorchScript, factory) and precomputed arrays through `analyze`."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from analyses.runner import analyze_path, open_source
+from embedlab.errors import EmbedlabError
+from embedlab.external import load_weights
+
+
+def _results(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def test_torchvision_arch_with_weights_file(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10)
+    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    spec = {"name": "r18", "kind": "torchvision", "arch": "resnet18", "weights": "r18.pth", "dataset": "digits",
+            "preprocess": {"size": 32, "mean": [0.3], "std": [0.4]}}
+    (tmp_path / "r18.json").write_text(json.dumps(spec))
+    out = analyze_path(tmp_path / "r18.json", tmp_path / "res", analyses=["accuracy", "knn", "align_uniform"],
+                       cache_dir=tmp_path / "cache", progress=False)
+    r = _results(out)
+    assert r["model"]["name"] == "r18" and r["model"]["meta"]["external"]["arch"] == "resnet18"
+    assert 0.0 <= r["metrics"]["accuracy"]["value"] <= 1.0 and "knn_accuracy" in r["metrics"]
+    # the wrapper reproduces the network's own logits on preprocessed inputs
+    src = open_source(tmp_path / "r18.json")
+    x = src.data.split("test")[0][0].unsqueeze(0)
+    ref = nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
+    ref = ((ref - 0.3) / 0.4).expand(-1, 3, -1, -1)
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(src.model(x), net(ref))
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU())
+        self.fc = nn.Linear(16, 10)
+
+    def forward_features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x))
+
+
+def test_torchscript_model(tmp_path):
+    torch.manual_seed(0)
+    torch.jit.script(_Tiny()).save(str(tmp_path / "tiny.pt"))
+    spec = {"name": "ts", "kind": "torchscript", "weights": "tiny.pt", "dataset": "digits",
+            "embedding": "method:forward_features"}
+    (tmp_path / "ts.json").write_text(json.dumps(spec))
+    out = analyze_path(tmp_path / "ts.json", tmp_path / "res", analyses=["accuracy", "align_uniform"],
+                       cache_dir=tmp_path / "cache", progress=False)
+    with np.load(out / "arrays.npz") as a:
+        assert a["embeddings"].shape == (360, 16) and a["logits"].shape == (360, 10)
+
+
+def test_factory_model_with_named_embedding_layer(tmp_path, monkeypatch):
+    (tmp_path / "mymodels.py").write_text(
+        "from torch import nn\n"
+        "def build(width=8):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = {"name": "fac", "kind": "factory", "arch": "mymodels:build", "factory_kwargs": {"width": 12},
+            "dataset": "digits", "embedding": "2"}
+    (tmp_path / "fac.json").write_text(json.dumps(spec))
+    out = analyze_path(tmp_path / "fac.json", tmp_path / "res", analyses=["align_uniform"],
+                       cache_dir=tmp_path / "cache", progress=False)
+    with np.load(out / "arrays.npz") as a:
+        assert a["embeddings"].shape == (360, 12)
+
+
+def test_npz_embeddings_only_skips_logit_analyses(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    z = rng.normal(size=(90, 8)) + 4 * np.eye(8)[y]
+    np.savez(tmp_path / "emb.npz", test_embeddings=z, test_labels=y, train_embeddings=z, train_labels=y,
+             classes=np.array(["a", "b", "c"]))
+    out = analyze_path(tmp_path / "emb.npz", tmp_path / "res", analyses=["accuracy", "knn", "align_uniform"],
+                       progress=False)
+    r = _results(out)
+    assert "accuracy" in r["skipped"] and "no logits" in r["skipped"]["accuracy"]
+    assert r["metrics"]["knn_accuracy"]["value"] > 0.9 and r["dataset"]["classes"] == ["a", "b", "c"]
+
+
+def test_npz_with_logits_gets_accuracy(tmp_path):
+    y = np.array([0, 1, 2, 1])
+    logits = np.eye(3)[[0, 1, 2, 0]] * 5
+    np.savez(tmp_path / "l.npz", embeddings=np.eye(4, 3) + 0.1, labels=y, logits=logits)
+    r = _results(analyze_path(tmp_path / "l.npz", tmp_path / "res", analyses=["accuracy"], progress=False))
+    assert r["metrics"]["accuracy"]["value"] == 0.75
+
+
+@pytest.mark.parametrize("arrays,msg", [
+    ({"embeddings": np.zeros((4, 2)), "labels": np.zeros(3)}, "differ in length"),
+    ({"embeddings": np.array([[np.nan, 0.0]]), "labels": np.zeros(1)}, "NaN or Inf"),
+    ({"embeddings": np.zeros(4), "labels": np.zeros(4)}, "must be 2-D"),
+    ({"feats": np.zeros((4, 2))}, "no embeddings found"),
+    ({"embeddings": np.zeros((2, 2)), "labels": np.array([0, 3]), "logits": np.zeros((2, 2))}, "logits have"),
+])
+def test_bad_arrays(tmp_path, arrays, msg):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(EmbedlabError, match=msg):
+        open_source(tmp_path / "bad.npz")
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"weight": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(EmbedlabError, match="refusing to load .*evil.pth: not a plain tensor file"):
+        load_weights(tmp_path / "evil.pth")
+    assert not marker.exists()
+    spec = {"name": "e", "kind": "torchvision", "arch": "resnet18", "weights": "evil.pth", "dataset": "digits"}
+    (tmp_path / "e.json").write_text(json.dumps(spec))
+    with pytest.raises(EmbedlabError, match="refusing to load"):
+        open_source(tmp_path / "e.json")
+    assert not marker.exists()
+
+
+def test_spec_errors(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"name": "a", "kind": "onnx", "dataset": "digits"}))
+    with pytest.raises(EmbedlabError, match="kind must be one of torchvision, timm, factory, torchscript"):
+        open_source(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps({"name": "b", "kind": "torchvision", "arch": "resnet18",
+                                                 "dataset": "digits", "num_classes": 7}))
+    with pytest.raises(EmbedlabError, match="model outputs 7 classes but dataset 'digits' has 10"):
+        open_source(tmp_path / "b.json")
+    (tmp_path / "c.json").write_text(json.dumps({"name": "c", "kind": "torchvision", "arch": "resnet18",
+                                                 "dataset": "digits", "colour": "red"}))
+    with pytest.raises(EmbedlabError, match=r"unknown option\(s\) colour"):
+        open_source(tmp_path / "c.json")
