@@ -140,12 +140,13 @@ def _resolve_needs(src: Source, needs: tuple[str, ...]) -> str | None:
 def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | None = None,
                    cache_dir: str | Path | None = None, device: str = "cpu", force: bool = False,
                    progress: bool = True, settings: dict[str, dict[str, Any]] | None = None,
-                   ood_sets: dict[str, Dataset] | None = None) -> Path:
+                   ood: list[str] | None = None, data_root: str | None = None) -> Path:
     """Run analyses on one source; writes ``out_root/<name>/results.json`` and ``arrays.npz``."""
     out = Path(out_root) / src.name
     _check_overwrite(out / "results.json", src.sha256, force)
     chosen = analyses or ANALYSES.names()
     settings = settings or {}
+    check_settings(settings, chosen)
     runnable, skipped = [], {}
     for a in chosen:
         reason = _resolve_needs(src, ANALYSES.get(a).meta["needs"])
@@ -159,18 +160,23 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
         for split in sorted(needed & {"train", "val", "test"} | {"test"}):
             splits[split], _ = cached_extract(src.model, src.sha256, src.data.describe(), split, src.data.split(split),
                                               cache_dir, device=device, progress=progress, desc=f"{src.name}/{split}")
-    ood, ood_data = {}, {}
-    if needed & {"ood", "ood_data"} and ood_sets:
+    ood_sets: dict[str, Dataset] = {}
+    if needed & {"ood", "ood_data"} and src.data is not None:
+        from embedlab.oodsets import build_ood_sets, default_ood_specs
+
+        ood_sets = build_ood_sets(ood or default_ood_specs(src.data), src.data, data_root=data_root)
+    ood_x, ood_data = {}, {}
+    if ood_sets:
         for name, ds in ood_sets.items():
             ood_data[name] = ds
             if "ood" in needed:
-                ood[name], _ = cached_extract(src.model, src.sha256, {"ood": name, **src.data.describe()}, "ood", ds,
+                ood_x[name], _ = cached_extract(src.model, src.sha256, {"ood": name, **src.data.describe()}, "ood", ds,
                                               cache_dir, device=device, progress=progress, desc=f"{src.name}/ood:{name}")
     if "test" not in splits:
         raise EmbedlabError(f"{src.path}: no test split to analyse")
     inp = Inputs(splits, len(src.classes), src.classes, model=src.model, device=torch.device(device),
                  test_data=src.data.split("test") if src.data is not None and "test_data" in needed else None,
-                 ood=ood, ood_data=ood_data)
+                 ood=ood_x, ood_data=ood_data)
     metrics: dict[str, Any] = {}
     plots: dict[str, Any] = {}
     extra_arrays: dict[str, np.ndarray] = {}
@@ -202,8 +208,23 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
 def analyze_path(path: str | Path, out_root: str | Path, *, device: str = "cpu", data_root: str | None = None,
                  **kw: Any) -> Path:
     """Analyse a checkpoint, a model spec (.json) or precomputed arrays (.npz)."""
-    return analyze_source(open_source(path, device, data_root), out_root, device=device, **kw)
+    return analyze_source(open_source(path, device, data_root), out_root, device=device, data_root=data_root, **kw)
 
+
+
+def check_settings(settings: dict[str, dict[str, Any]], chosen: list[str]) -> None:
+    """Every ``--opt ANALYSIS.KEY`` must name a chosen analysis and one of its keyword arguments."""
+    import inspect
+
+    for analysis, values in settings.items():
+        if analysis not in chosen:
+            ANALYSES.get(analysis)  # unknown name → lists the known ones
+            raise EmbedlabError(f"--opt {analysis}.…: analysis {analysis!r} is not selected (see --analyses)")
+        params = [p for p in inspect.signature(ANALYSES.get(analysis).obj).parameters if p != "inp"]
+        for key in values:
+            if key not in params:
+                raise EmbedlabError(f"--opt {analysis}.{key}: unknown setting; {analysis} takes: "
+                                    f"{', '.join(params) or 'none'}")
 
 
 def _check_overwrite(results: Path, sha: str, force: bool) -> None:

@@ -136,10 +136,18 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
     chosen = select_analyses(a.analyses)
     if not a.models:
-        raise EmbedlabError("analyze: give at least one checkpoint or run directory")
+        raise EmbedlabError("analyze: give at least one checkpoint, model spec or arrays file")
+    settings: dict[str, dict[str, Any]] = {}
+    for key, value in parse_assignments(a.opt, "--opt").items():
+        analysis, dot, name = key.partition(".")
+        if not dot or not name:
+            raise EmbedlabError(f"--opt: expected ANALYSIS.KEY=VALUE, got {key}={value}")
+        settings.setdefault(analysis, {})[name] = _auto_type(value)
+    ood = [s.strip() for s in a.ood.split(",") if s.strip()] if a.ood else None
     for m in a.models:
         out = analyze_path(m, a.out, analyses=chosen, cache_dir=a.cache_dir, device=_device(a.device),
-                                 data_root=a.data_root, force=a.force, progress=not a.no_progress)
+                           data_root=a.data_root, force=a.force, progress=not a.no_progress, settings=settings,
+                           ood=ood)
         print(f"analysed {m} → {out / 'results.json'}")
     return 0
 
@@ -285,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "precomputed embeddings as .npz (embeddings, labels, optional logits)")
     an.add_argument("--out", required=True, help="results directory")
     an.add_argument("--analyses", default="all", help="'all' or a comma-separated list (see `embedlab list analyses`)")
+    an.add_argument("--opt", action="append", metavar="ANALYSIS.KEY=VALUE",
+                    help="an analysis setting, e.g. knn.k=50, robustness.max_examples=500 (repeatable)")
+    an.add_argument("--ood", metavar="SETS",
+                    help="OOD sets for the ood analyses, comma-separated: gaussian, uniform, heldout (models trained "
+                         "with --data-opt classes=...), or a dataset name read from --data-root "
+                         "[heldout where it applies, gaussian, uniform]")
     an.add_argument("--cache-dir", help="embedding cache (default $EMBEDLAB_CACHE or ~/.cache/embedlab)")
     an.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     an.add_argument("--data-root", help="override the dataset root recorded in the checkpoint")
