@@ -190,6 +190,8 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
     test = splits["test"]
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"embeddings": test.embeddings, "labels": test.labels, **extra_arrays}
+    if src.data is not None and src.data.info.is_image:
+        arrays["thumbnail_index"], arrays["thumbnails"] = thumbnails(src.data.split("test"), seed=inp.seed)
     if test.logits is not None:
         arrays["logits"] = test.logits
     with atomic_write(out / "arrays.npz") as fh:
@@ -210,6 +212,25 @@ def analyze_path(path: str | Path, out_root: str | Path, *, device: str = "cpu",
     """Analyse a checkpoint, a model spec (.json) or precomputed arrays (.npz)."""
     return analyze_source(open_source(path, device, data_root), out_root, device=device, data_root=data_root, **kw)
 
+
+
+def thumbnails(dataset: Dataset, *, limit: int = 2000, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded subset of up to ``limit`` test images as uint8 ``(n, h, w, C)`` (at most ``size`` px), with their
+    indices, saved so that the report can show an image when hovering a point (reports never read the dataset)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from embedlab.data import collate_batched
+
+    n = len(dataset)
+    idx = np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+    loader = DataLoader(Subset(dataset, idx.tolist()), batch_size=256, collate_fn=collate_batched)
+    out = []
+    for x, _ in loader:
+        x = torch.as_tensor(x).float()
+        if x.shape[-1] > size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        out.append((x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return idx.astype(np.int64), np.concatenate(out) if out else np.zeros((0, size, size, 1), np.uint8)
 
 
 def check_settings(settings: dict[str, dict[str, Any]], chosen: list[str]) -> None:
