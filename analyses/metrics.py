@@ -105,7 +105,7 @@ def _upper_triangle_blocks(z: Tensor, chunk: int) -> Iterator[tuple[int, int, Te
 
 
 @torch.no_grad()
-def alignment(z: Tensor, labels: Tensor, alpha: float = 2.0, chunk: int = 4096) -> float:
+def alignment(z: Tensor, labels: Tensor, alpha: float = 2.0, chunk: int = 512) -> float:
     """Alignment of same-class embeddings (Wang & Isola, 2020). Lower is better.
 
     Shapes: ``z`` (N, d), ``labels`` (N,) integer.
@@ -140,7 +140,7 @@ def alignment(z: Tensor, labels: Tensor, alpha: float = 2.0, chunk: int = 4096) 
 
 
 @torch.no_grad()
-def uniformity(z: Tensor, t: float = 2.0, chunk: int = 4096) -> float:
+def uniformity(z: Tensor, t: float = 2.0, chunk: int = 512) -> float:
     """Uniformity of embeddings on the unit sphere (Wang & Isola, 2020). Lower is better.
 
     Shape: ``z`` (N, d), N >= 2.

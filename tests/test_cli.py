@@ -76,12 +76,14 @@ def test_train_analyze_report_end_to_end(tmp_path, capsys):
     assert len(meta["history"]) == 3 and meta["config"]["seed"] == 1 and "torch" in meta["versions"]
     assert len((runs / "erm" / "metrics.jsonl").read_text().splitlines()) == 3
 
-    assert run("analyze", str(runs / "erm"), str(runs / "dense_multimix"), "--out", str(res),
+    chosen = "accuracy,knn,align_uniform,calibration"
+    assert run("analyze", str(runs / "erm"), str(runs / "dense_multimix"), "--out", str(res), "--analyses", chosen,
                "--cache-dir", str(cache), "--device", "cpu", "--no-progress") == 0
     cached = sorted(cache.glob("*/done.json"))
-    assert len(cached) == 4  # train + test per model
+    assert len(cached) == 6  # train (kNN bank), val (temperature scaling) and test per model
     stamps = [p.stat().st_mtime_ns for p in cached]
-    assert run("analyze", str(runs / "erm"), "--out", str(res), "--cache-dir", str(cache), "--no-progress") == 0
+    assert run("analyze", str(runs / "erm"), "--out", str(res), "--analyses", chosen, "--cache-dir", str(cache),
+               "--no-progress") == 0
     assert [p.stat().st_mtime_ns for p in sorted(cache.glob("*/done.json"))] == stamps  # reused, not recomputed
 
     results = {d.name: json.loads((d / "results.json").read_text()) for d in res.iterdir()}
