@@ -53,24 +53,29 @@ def _int_list(s: str) -> tuple[int, ...]:
 
 
 # ------------------------------------------------------------------------------------------------- commands
-def _train_config(a: argparse.Namespace) -> TrainConfig:
-    base: dict[str, Any] = {}
+def _train_config(a: argparse.Namespace, saved: dict[str, Any] | None = None) -> TrainConfig:
+    """The resolved config. Layers, lowest first: TrainConfig defaults < ``saved`` (the run being resumed) <
+    ``--recipe`` < ``--config`` < flags and ``--set`` (``--set`` last)."""
+    from embedlab.config import apply_assignments
+    from embedlab.recipes import load_recipe, read_config_file
+
+    base: dict[str, Any] = dict(saved or {})
+    if a.recipe:
+        base.update(load_recipe(a.recipe).config)
     if a.config:
-        try:
-            base = json.loads(Path(a.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise EmbedlabError(f"cannot read config {a.config}: {e}") from None
-        base = base.get("config", base)  # accept a run's meta.json too
+        base.update(read_config_file(a.config))
     flags = {"dataset": a.dataset, "data_root": a.data_root, "model": a.model, "method": a.method, "epochs": a.epochs,
              "batch_size": a.batch_size, "optimizer": a.optimizer, "lr": a.lr, "momentum": a.momentum,
              "weight_decay": a.weight_decay, "schedule": a.schedule, "milestones": a.milestones,
-             "lr_gamma": a.lr_gamma, "seed": a.seed, "device": a.device, "num_workers": a.workers}
+             "lr_gamma": a.lr_gamma, "seed": a.seed, "device": a.device, "num_workers": a.workers, "amp": a.amp,
+             "channels_last": a.channels_last, "compile": a.compile, "deterministic": a.deterministic}
     base.update({k: v for k, v in flags.items() if v is not None})
     if a.download:
         base["download"] = True
     for key, items in (("dataset_options", a.data_opt), ("model_options", a.model_opt), ("method_options", a.method_opt)):
         if items:
             base[key] = {**base.get(key, {}), **parse_assignments(items, f"--{key.split('_')[0]}-opt")}
+    base = apply_assignments(base, a.set, "--set")
     if "dataset_options" in base:
         base["dataset_options"] = {k: _auto_type(v) for k, v in base["dataset_options"].items()}
     if "model_options" in base:
@@ -78,7 +83,7 @@ def _train_config(a: argparse.Namespace) -> TrainConfig:
     if a.mix_layer:
         base["method_options"] = {**base.get("method_options", {}), **_mix_layer_option(base.get("method", "erm"),
                                                                                         a.mix_layer)}
-    cfg = TrainConfig.from_dict(base, "train")
+    cfg = TrainConfig.from_dict(base, "train", strict=True)
     cfg.validate("train")
     return cfg
 
@@ -112,22 +117,52 @@ def _auto_type(v: Any) -> Any:
     return v
 
 
-def _check_new_run(out: Path, force: bool) -> None:
-    from embedlab.checkpoint import WEIGHTS
+def _check_new_run(out: Path, force: bool, resume: bool = False) -> None:
+    """Never overwrite a run silently: a new run needs an empty --out or --force; --resume needs a training state
+    when the run has a checkpoint (with none yet, it starts the run)."""
+    import os
 
-    if (out / WEIGHTS).exists() and not force:
-        raise EmbedlabError(f"{out / WEIGHTS} already exists; choose another --out or pass --force to overwrite")
-    if force and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
+    from embedlab.checkpoint import WEIGHTS
+    from trainers.state import STATE_FILE
+
+    if resume:
+        if (out / WEIGHTS).exists() and not (out / STATE_FILE).exists():
+            raise EmbedlabError(f"--resume: {out} holds a checkpoint but no {STATE_FILE} to resume from; "
+                                f"choose another --out, or pass --force instead of --resume to overwrite it")
+        return
+    if ((out / WEIGHTS).exists() or (out / STATE_FILE).exists()) and not force:
+        raise EmbedlabError(f"{out / WEIGHTS} already exists; choose another --out, pass --resume to continue it "
+                            f"or --force to overwrite")
+    if force and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 touches files
+        for name in ("metrics.jsonl", STATE_FILE):
+            (out / name).unlink(missing_ok=True)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from trainers import train
+    import dataclasses
 
-    cfg = _train_config(a)
+    from trainers import distributed_session, saved_config, train
+
+    if a.seeds is not None:
+        if a.seed is not None:
+            raise EmbedlabError("give either --seed or --seeds, not both")
+        if not a.seeds or len(set(a.seeds)) != len(a.seeds) or min(a.seeds) < 0:
+            raise EmbedlabError(f"--seeds: expected distinct integers >= 0, got {','.join(map(str, a.seeds))!r}")
+    if a.resume and a.force:
+        raise EmbedlabError("--resume continues a run and --force overwrites it: give only one of them")
     out = Path(a.out)
-    _check_new_run(out, a.force)
-    train(cfg, out, progress=not a.no_progress)
+    runs = [(out / f"seed{s}", s) for s in a.seeds] if a.seeds is not None else [(out, None)]
+    plan = []
+    for run_dir, seed in runs:  # every run is checked before any starts
+        _check_new_run(run_dir, a.force, a.resume)
+        saved = saved_config(run_dir) if a.resume else None
+        cfg = _train_config(a, saved)
+        if seed is not None:
+            cfg = dataclasses.replace(cfg, seed=seed)
+        plan.append((cfg, run_dir, saved is not None))
+    with distributed_session(plan[0][0].device):
+        for cfg, run_dir, resume in plan:
+            train(cfg, run_dir, progress=not a.no_progress, resume=resume)
     return 0
 
 
@@ -161,24 +196,29 @@ def _device(name: str) -> str:
 def cmd_report(a: argparse.Namespace) -> int:
     from embedlab.io import atomic_write_text
     from reports.html import render_markdown, render_report
-    from reports.load import load_results
+    from reports.load import load_report_inputs
 
     out = Path(a.output)
     if out.exists() and not a.force:
         raise EmbedlabError(f"{out} already exists; choose another -o or pass --force to overwrite")
-    results = load_results(a.results)
+    inputs = load_report_inputs(a.results)
     if a.format == "md":
-        atomic_write_text(out, render_markdown(results))
+        if not inputs.results:
+            raise EmbedlabError("--format md needs analysis results (results.json); only study results were found")
+        atomic_write_text(out, render_markdown(inputs.results))
     else:
-        render_report(results, out, title=a.title,
+        render_report(inputs.results, out, title=a.title, studies=inputs.studies,
                       umap_kwargs={"n_neighbors": a.umap_neighbors, "min_dist": a.umap_min_dist, "seed": a.seed,
-                                   "max_points": a.max_points})
+                                   "max_points": a.max_points or None, "n_epochs": a.umap_epochs})
     print(f"wrote {out}")
     return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    import dataclasses
+
     from analyses.runner import analyze_path
+    from embedlab.recipes import load_recipe
     from reports.html import render_report
     from reports.load import load_results
     from trainers import train
@@ -192,7 +232,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     for method in a.methods.split(","):
         run = out / "runs" / method
         _check_new_run(run, a.force)
-        cfg = TrainConfig(dataset="digits", method=method, epochs=a.epochs, seed=a.seed, device=a.device)
+        cfg = dataclasses.replace(load_recipe("digits").resolved(), method=method, epochs=a.epochs, seed=a.seed,
+                                  device=a.device)
         print(f"[demo] training {method} on digits ({a.epochs} epochs)", flush=True)
         ckpt = train(cfg, run, progress=not a.no_progress)
         result_dirs.append(analyze_path(ckpt, out / "results", cache_dir=out / "cache",
@@ -249,11 +290,25 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
         return sp
 
+    from embedlab.config import AMP_MODES, TRAIN_KEYS
+    from embedlab.recipes import recipe_names
+
     t = add("train", cmd_train, "train one model with a mixing method",
-            "Train a classifier with a mixing method and write a self-describing checkpoint "
-            "(OUT/model.safetensors: weights + JSON metadata; OUT/best.safetensors; OUT/meta.json; OUT/metrics.jsonl). "
-            "Defaults not given on the command line come from --config, else from the built-in defaults shown.")
-    t.add_argument("--config", help="JSON file with TrainConfig keys (or a run's meta.json) to start from")
+            "Train a classifier with a mixing method and write a self-describing run directory "
+            "(OUT/model.safetensors: weights + JSON metadata; OUT/best.safetensors; OUT/meta.json; OUT/metrics.jsonl; "
+            "OUT/train_state.pt for --resume; OUT/tensorboard/). The config is layered, lowest first: built-in "
+            "defaults (shown in brackets) < --recipe < --config < the flags below and --set. Multi-GPU: "
+            "torchrun --nproc_per_node=N -m embedlab train ... (one process per GPU; batch size, m and n per process). "
+            "See docs/TRAINING.md.")
+    t.add_argument("--recipe", metavar="NAME|PATH",
+                   help=f"start from a training recipe: {', '.join(recipe_names())} (JSON files in "
+                        "embedlab/recipes/ to read and copy), or the path of a recipe .json file")
+    t.add_argument("--config",
+                   help="JSON file with TrainConfig keys, a recipe file, or a run's meta.json, applied over --recipe")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any config key, over the recipe, --config and the flags (repeatable): e.g. epochs=5, "
+                        "milestones=100,150, model=null, method_options.n=500, dataset_options.image_size=64. Keys: "
+                        + ", ".join(TRAIN_KEYS))
     t.add_argument("--dataset", help="registered dataset (see `embedlab list datasets`) [digits]")
     t.add_argument("--data-root", help="folder holding the dataset files (torchvision datasets, imagefolder)")
     t.add_argument("--download", action="store_true", help="allow torchvision to download the dataset into --data-root")
@@ -268,20 +323,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where manifold-style methods mix: stage depths (0 = input) or module names, e.g. layer2 "
                         "for --model tv:resnet50 (comma-separated: one drawn per batch)")
     t.add_argument("--epochs", type=_positive_int, help="training epochs [30]")
-    t.add_argument("--batch-size", type=_positive_int, help="mini-batch size b [64]")
+    t.add_argument("--batch-size", type=_positive_int, help="mini-batch size b per process [64]")
     t.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), help="optimizer [sgd]")
-    t.add_argument("--lr", type=_positive_float, help="learning rate [0.05]")
+    t.add_argument("--lr", type=_positive_float,
+                   help="learning rate (not rescaled with the number of processes) [0.05]")
     t.add_argument("--momentum", type=_nonneg_float, help="SGD momentum [0.9]")
     t.add_argument("--weight-decay", type=_nonneg_float, help="weight decay [5e-4]")
     t.add_argument("--schedule", choices=("cosine", "step", "constant"), help="learning-rate schedule [cosine]")
     t.add_argument("--milestones", type=_int_list, help="epochs at which the step schedule multiplies lr by --lr-gamma")
     t.add_argument("--lr-gamma", type=_positive_float, help="step-schedule factor [0.1]")
     t.add_argument("--seed", type=_nonneg_int, help="seed for initialisation, shuffling and mixing [0]")
-    t.add_argument("--device", help="auto, cpu or cuda[:N] [auto]")
-    t.add_argument("--workers", type=_nonneg_int, help="DataLoader worker processes [0]")
-    t.add_argument("--out", required=True, help="run directory to write")
-    t.add_argument("--force", action="store_true", help="overwrite an existing checkpoint in --out")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--seeds", type=_int_list, metavar="S1,S2,...",
+                   help="train one run per seed, into OUT/seed<S> (instead of --seed)")
+    t.add_argument("--device", help="auto, cpu or cuda[:N]; under torchrun each process uses cuda:LOCAL_RANK [auto]")
+    t.add_argument("--workers", type=_nonneg_int, help="DataLoader worker processes per process [0]")
+    t.add_argument("--amp", choices=AMP_MODES, help="mixed precision: auto = bf16 autocast on CUDA, off on CPU [auto]")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="channels-last memory format for images and weights [on for CUDA, off on CPU]")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="torch.compile each model stage (first epoch slower) [off]")
+    t.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
+                   help="deterministic algorithms only: --resume then ends bit-identical to an uninterrupted run "
+                        "(slower on CUDA) [off]")
+    t.add_argument("--out", required=True, help="run directory to write (with --seeds: the parent of seed<S>/)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out after its last completed epoch (OUT/train_state.pt), with the "
+                        "same config (a different one is an error naming the keys); starts the run if --out has none")
+    t.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     an = add("analyze", cmd_analyze, "extract embeddings and compute metrics for checkpoints",
              "For each checkpoint (run directory or .safetensors file): extract embeddings of the needed splits "
@@ -306,15 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     r = add("report", cmd_report, "write a self-contained comparative HTML report",
-            "Read results written by `embedlab analyze` (results dirs, results.json files, or parent folders) "
-            "and write one self-contained HTML file (no network requests when opened) or a Markdown table.")
-    r.add_argument("results", nargs="+", metavar="RESULTS", help="results directories or their parent folder")
+            "Read results written by `embedlab analyze` (results dirs, results.json files, or parent folders) and "
+            "study results (a folder holding toy_depth.json, or a JSON file with \"kind\": \"embedlab.study\"), and "
+            "write one self-contained HTML file (no network requests when opened) or Markdown tables. Runs that "
+            "differ only by their training seed are shown as one model, mean ± std over seeds.")
+    r.add_argument("results", nargs="+", metavar="RESULTS",
+                   help="results directories, results.json files, study folders or files, or their parent folder")
     r.add_argument("-o", "--output", required=True, help="output file")
-    r.add_argument("--format", choices=("html", "md"), default="html", help="HTML report or Markdown summary table")
+    r.add_argument("--format", choices=("html", "md"), default="html", help="HTML report or Markdown summary tables")
     r.add_argument("--title", default="embedlab report", help="report title")
     r.add_argument("--umap-neighbors", type=_positive_int, default=15, help="UMAP n_neighbors (same for all models)")
     r.add_argument("--umap-min-dist", type=_nonneg_float, default=0.1, help="UMAP min_dist")
-    r.add_argument("--max-points", type=_positive_int, default=None, help="subsample each UMAP to this many points")
+    r.add_argument("--umap-epochs", type=_positive_int, default=200, help="UMAP layout epochs")
+    r.add_argument("--max-points", type=_nonneg_int, default=10000,
+                   help="subsample each UMAP to at most this many points (0: every point); stated on the figure")
     r.add_argument("--seed", type=_nonneg_int, default=0, help="UMAP and subsampling seed")
     r.add_argument("--force", action="store_true", help="overwrite an existing output file")
 

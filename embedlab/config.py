@@ -3,6 +3,7 @@ the wrong type are errors (one clear line naming the key)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from typing import Any
 
@@ -13,32 +14,59 @@ def _field_type(cls: type, name: str) -> Any:
     return typing.get_type_hints(cls)[name]
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a CLI string (or JSON value) to the dataclass field's type."""
+def _type_name(tp: Any) -> str:
+    """``int``, ``str or null``, ``tuple[int, ...]``: how error messages name a field's type."""
+    if tp is type(None):
+        return "null"
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is typing.Union or str(typing.get_origin(tp)) == "<class 'types.UnionType'>":
+        return " or ".join(_type_name(a) for a in args)
+    return str(tp).replace("typing.", "") if args else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str, strict: bool = False) -> Any:
+    """Convert a CLI string (or JSON value) to the dataclass field's type.
+
+    ``strict`` (values read from files: recipes, ``--config``): a value must already have the field's JSON type;
+    ``"2000"`` for an int or ``1`` for a string is an error. Without ``strict``, strings are parsed (CLI values).
+    """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
+        if value is None or (not strict and isinstance(value, str) and value.lower() == "none"):
             if type(None) in args:
                 return None
         for a in args:
             if a is type(None):
                 continue
             try:
-                return _coerce(value, a, where)
+                return _coerce(value, a, where, strict)
             except EmbedlabError:
                 continue
-        raise EmbedlabError(f"{where}: cannot read {value!r} as {tp}")
+        raise EmbedlabError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin in (tuple, list):
+        if strict and not isinstance(value, (list, tuple)):
+            raise EmbedlabError(f"{where}: expected a list of {_type_name(args[0])}, got {value!r}")
         items = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(_coerce(v, args[0], where) for v in items)
+        return tuple(_coerce(v, args[0], where, strict) for v in items)
+    if tp is dict or origin is dict:
+        if strict and not isinstance(value, dict):
+            raise EmbedlabError(f"{where}: expected an object of key: value pairs, got {value!r}")
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        if not strict and isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
         raise EmbedlabError(f"{where}: expected true/false, got {value!r}")
     if tp in (int, float, str):
+        if strict:
+            ok = (isinstance(value, str) if tp is str else
+                  isinstance(value, int) and not isinstance(value, bool) if tp is int else
+                  isinstance(value, (int, float)) and not isinstance(value, bool))
+            if not ok:
+                raise EmbedlabError(f"{where}: expected {tp.__name__}, got {value!r}")
+            return tp(value)
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise EmbedlabError(f"{where}: expected an integer, got {value!r}")
         try:
@@ -48,14 +76,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def parse_options(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build the options dataclass ``cls`` from a dict, with type conversion; unknown keys are errors."""
+def parse_options(cls: type, values: dict[str, Any], where: str, strict: bool = False) -> Any:
+    """Build the options dataclass ``cls`` from a dict, with type conversion; unknown keys are errors.
+
+    ``strict``: values must already have their field's type (see :func:`_coerce`), as for values read from files.
+    """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
         known = ", ".join(fields) or "none"
         raise EmbedlabError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}; known: {known}")
-    kw = {k: _coerce(v, _field_type(cls, k), f"{where} option {k}") for k, v in values.items()}
+    kw = {k: _coerce(v, _field_type(cls, k), f"{where} option {k}", strict) for k, v in values.items()}
     opts = cls(**kw)
     check = getattr(opts, "validate", None)
     if check is not None:
@@ -74,9 +105,44 @@ def parse_assignments(items: list[str] | None, where: str) -> dict[str, str]:
     return out
 
 
+# What each TrainConfig key means: the text of `embedlab train --help` for --set and of docs/TRAINING.md.
+TRAIN_KEYS: dict[str, str] = {
+    "dataset": "registered dataset name (`embedlab list datasets`)",
+    "data_root": "folder holding the dataset files (null for shipped/generated datasets)",
+    "download": "allow torchvision to download the dataset into data_root",
+    "dataset_options": "dataset keyword arguments, e.g. {\"image_size\": 64, \"val_fraction\": 0.1}",
+    "model": "registered model, tv:NAME or timm:NAME (null: the dataset's default)",
+    "model_options": "model keyword arguments, e.g. {\"width\": 64}",
+    "method": "mixing method (`embedlab list methods`)",
+    "method_options": "method options, e.g. {\"n\": 1000, \"alpha\": 1}",
+    "epochs": "training epochs",
+    "batch_size": "mini-batch size b per process (the global batch under torchrun is N × batch_size)",
+    "optimizer": "sgd, adam or adamw",
+    "lr": "initial learning rate (not rescaled with the number of processes)",
+    "momentum": "SGD momentum",
+    "weight_decay": "weight decay (L2 for sgd/adam, decoupled for adamw)",
+    "schedule": "cosine (per step, to 0), step (×lr_gamma at each milestone epoch) or constant",
+    "milestones": "epochs after which the step schedule multiplies the lr by lr_gamma",
+    "lr_gamma": "step-schedule factor",
+    "seed": "seed of initialisation, shuffling and mixing (rank r of a torchrun job mixes with seed + r)",
+    "device": "auto (CUDA if available), cpu or cuda[:N] (torchrun: each process uses cuda:LOCAL_RANK)",
+    "num_workers": "DataLoader worker processes per training process",
+    "amp": "mixed precision: auto (bf16 autocast on CUDA, off on CPU), bf16 or off",
+    "channels_last": "channels-last memory format for 4-D inputs and weights (null: on for CUDA, off on CPU)",
+    "compile": "torch.compile each stage of the model (first epoch slower; needs a C++ compiler on CPU)",
+    "deterministic": "torch.use_deterministic_algorithms(True), cuDNN benchmark off: bit-exact --resume",
+    "log_every": "steps between loss checks (non-finite loss stops the run) and progress updates",
+}
+
+AMP_MODES = ("auto", "bf16", "off")
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything that determines a training run; saved resolved in every checkpoint's metadata."""
+    """Everything that determines a training run; saved resolved in every checkpoint's metadata.
+
+    The meaning of each key is in :data:`TRAIN_KEYS`. Defaults are the digits recipe (``embedlab/recipes/digits.json``).
+    """
 
     dataset: str = "digits"
     data_root: typing.Optional[str] = None
@@ -98,6 +164,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
+    amp: str = "auto"
+    channels_last: typing.Optional[bool] = None
+    compile: bool = False
+    deterministic: bool = False
+    log_every: int = 50
 
     def validate(self, where: str = "config") -> None:
         if self.epochs < 1:
@@ -112,11 +183,81 @@ class TrainConfig:
             raise EmbedlabError(f"{where}: optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
         if self.schedule not in ("cosine", "step", "constant"):
             raise EmbedlabError(f"{where}: schedule must be cosine, step or constant, got {self.schedule!r}")
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            raise EmbedlabError(f"{where}: milestones must be increasing epochs >= 1, got {list(self.milestones)}")
         if self.num_workers < 0:
             raise EmbedlabError(f"{where}: num_workers must be >= 0, got {self.num_workers}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise EmbedlabError(f"{where}: device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.amp not in AMP_MODES:
+            raise EmbedlabError(f"{where}: amp must be {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.log_every < 1:
+            raise EmbedlabError(f"{where}: log_every must be >= 1, got {self.log_every}")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "config") -> "TrainConfig":
-        return parse_options(cls, values, where)
+    def from_dict(cls, values: dict[str, Any], where: str = "config", strict: bool = False) -> "TrainConfig":
+        """Build from a dict; unknown keys are errors. ``strict`` (values from files): types must match exactly."""
+        return parse_options(cls, values, where, strict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples as lists), as saved in ``meta.json``."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def auto_type(v: Any) -> Any:
+    """An option value given as a string on the command line: read ints, floats, booleans and comma lists."""
+    if not isinstance(v, str):
+        return v
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    if "," in v:
+        return tuple(auto_type(p) for p in v.split(","))
+    return v
+
+
+def apply_assignments(base: dict[str, Any], items: list[str] | None, where: str = "--set") -> dict[str, Any]:
+    """Overlay ``KEY=VALUE`` strings on a TrainConfig dict; returns a new dict with typed values.
+
+    ``KEY`` is a TrainConfig key (its value is parsed to the key's type: ``epochs=5``, ``milestones=100,150``,
+    ``model=null``) or ``OPTIONS.SUB`` for the dict keys (``method_options.n=500``, ``dataset_options.image_size=64``),
+    which sets one entry and keeps the others. A whole dict may be given as JSON: ``method_options={"n": 500}``.
+    """
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    out = dict(base)
+    for key, value in parse_assignments(items, where).items():
+        top, dot, sub = key.partition(".")
+        if top not in fields:
+            raise EmbedlabError(f"{where}: unknown option(s) {top}; known: {', '.join(fields)}")
+        tp = _field_type(TrainConfig, top)
+        if dot:
+            if tp is not dict or not sub:
+                raise EmbedlabError(f"{where} {key}: only dataset_options, model_options and method_options take "
+                                    f"KEY.NAME=VALUE")
+            out[top] = {**out.get(top, {}), sub: auto_type(value)}
+        elif tp is dict:
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise EmbedlabError(f"{where} {top}: expected a JSON object such as {{\"n\": 500}} or "
+                                    f"{top}.NAME=VALUE, got {value!r}")
+            out[top] = parsed
+        else:
+            if value.lower() in ("null", "none") and type(None) in typing.get_args(tp):
+                out[top] = None
+            else:
+                out[top] = _coerce(value, tp, f"{where} option {top}")
+    return out
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between two TrainConfig dicts (tuples and lists compare equal)."""
+    norm = lambda d: json.loads(json.dumps(d))  # noqa: E731
+    a, b = norm(a), norm(b)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

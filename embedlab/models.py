@@ -387,3 +387,31 @@ def create_model(name: str, num_classes: int, input_shape: Sequence[int], mean=N
     if ":" in name:
         return _external(name, num_classes, tuple(input_shape), mean, std, **options)
     return MODELS.create(name, num_classes=num_classes, input_shape=tuple(input_shape), mean=mean, std=std, **options)
+
+
+@register_model("wrn16-8", description="Wide ResNet-16-8 with the CIFAR stem (pre-activation; d = 512, r = 64 at 32 px)")
+@register_model("wrn", description="Wide ResNet-depth-widen (Zagoruyko & Komodakis 2016), CIFAR stem; default 16-8")
+def wide_resnet(num_classes: int, input_shape: Sequence[int], mean=None, std=None, depth: int = 16,
+                widen: int = 8) -> EmbedNet:
+    """WRN-depth-widen as in the manifold-mixup / MultiMix CIFAR code: 3×3 stem conv (16 channels), three groups of
+    (depth − 4) / 6 pre-activation wide blocks with 16k, 32k, 64k channels (strides 1, 2, 2; no dropout), final BN+ReLU.
+
+    Stages: stem+group1, group2, group3+BN+ReLU; manifold mixup's default {0, 1, 2} is input, after group1, after group2.
+    """
+    if depth < 10 or (depth - 4) % 6 or widen < 1:
+        from embedlab.errors import EmbedlabError
+
+        raise EmbedlabError(f"Wide ResNet needs depth = 6n + 4 (n >= 1) and widen >= 1, got depth={depth}, widen={widen}")
+    n = (depth - 4) // 6
+    c = input_shape[0]
+    w = [16, 16 * widen, 32 * widen, 64 * widen]
+
+    def group(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(PreActBlock(cin, cout, stride), *[PreActBlock(cout, cout, 1) for _ in range(n - 1)])
+
+    stages = [
+        nn.Sequential(nn.Conv2d(c, w[0], 3, 1, 1, bias=False), group(w[0], w[1], 1)),
+        group(w[1], w[2], 2),
+        nn.Sequential(group(w[2], w[3], 2), nn.BatchNorm2d(w[3]), nn.ReLU(inplace=True)),
+    ]
+    return EmbedNet(stages, nn.Linear(w[3], num_classes), "avg", mean, std)
