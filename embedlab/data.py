@@ -187,10 +187,21 @@ class ToyGMM(DataSource):
 
 
 # ----------------------------------------------------------------------------------------- image datasets
-def _image_transform(size: int, augment: bool, flip: bool, resize: int | None = None) -> Callable:
+AUGMENTATIONS = ("crop", "resized_crop")
+
+
+def _image_transform(size: int, augment: bool, flip: bool, resize: int | None = None,
+                     mode: str = "crop") -> Callable:
+    """``crop``: (resize to ``resize``², then) random crop with ⅛ padding and flip — the CIFAR recipe.
+    ``resized_crop``: the ImageNet recipe — train: RandomResizedCrop(resize, scale (0.08, 1)) + flip;
+    eval: resize the short side to ``resize``·8/7, centre crop ``resize``."""
     from torchvision import transforms as T
 
-    ops: list[Any] = [T.Resize((resize, resize))] if resize else []
+    if mode == "resized_crop" and resize:
+        ops: list[Any] = ([T.RandomResizedCrop(resize), T.RandomHorizontalFlip()] if augment
+                          else [T.Resize(round(resize * 8 / 7)), T.CenterCrop(resize)])
+        return T.Compose([*ops, T.ToTensor()])
+    ops = [T.Resize((resize, resize))] if resize else []
     if augment:
         ops.append(T.RandomCrop(size, padding=max(1, size // 8)))
         if flip:
@@ -216,7 +227,8 @@ class _SplitImages(DataSource):
 
     def split(self, name: str, augment: bool = False) -> Dataset:
         self._check_split(name)
-        tf = _image_transform(self._size(), augment and name == "train", self.flip, getattr(self, "resize", None))
+        tf = _image_transform(self._size(), augment and name == "train", self.flip, getattr(self, "resize", None),
+                              getattr(self, "augment", "crop"))
         if name == "test":
             return self._base(False, tf)
         base = self._base(True, tf)
@@ -287,14 +299,17 @@ class ImageFolderData(_SplitImages):
     sub-folder per class. Normalisation statistics are measured on up to 2,000 seeded training images."""
 
     def __init__(self, root: str | None = None, download: bool = False, val_fraction: float = 0.1,
-                 split_seed: int = 0, image_size: int | None = None) -> None:
+                 split_seed: int = 0, image_size: int | None = None, augment: str = "crop") -> None:
         root = _require_root(root, "imagefolder", "a folder with train/<class>/ and test/<class>/ image folders")
         super().__init__(root, val_fraction, split_seed)
-        self.resize = image_size
+        if augment not in AUGMENTATIONS or (augment == "resized_crop" and not image_size):
+            raise EmbedlabError(f"imagefolder option augment: one of {', '.join(AUGMENTATIONS)} "
+                                f"(resized_crop needs image_size), got {augment!r}")
+        self.resize, self.augment = image_size, augment
         for sub in ("train", "test"):
             if not (Path(root) / sub).is_dir():
                 raise EmbedlabError(f"imagefolder root {root!r} has no {sub}/ folder (expected {sub}/<class>/<image>)")
-        folder = self._folder("train", _image_transform(0, False, False, image_size))
+        folder = self._folder("train", _image_transform(0, False, False, image_size, augment))
         if len(folder) == 0:
             raise EmbedlabError(f"image folder {Path(root) / 'train'} holds no images")
         mean, std = self._stats(folder)
@@ -325,11 +340,11 @@ class ImageFolderData(_SplitImages):
     def split(self, name: str, augment: bool = False) -> Dataset:
         self._check_split(name)
         if name == "val" and (Path(self.root) / "val").is_dir():
-            return self._folder("val", _image_transform(self._size(), False, True, self.resize))
+            return self._folder("val", _image_transform(self._size(), False, True, self.resize, self.augment))
         return super().split(name, augment)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "image_size": self.resize}
+        return {**super().describe(), "image_size": self.resize, "augment": self.augment}
 
 
 class _Relabel(Dataset):

@@ -129,3 +129,13 @@ def test_class_subset_remaps_labels():
     x, y = d.split("test").__getitems__(list(range(len(d.split("test")))))
     assert set(y.tolist()) == {0, 1}
     assert int((full.y == 9).sum()) == int((y == 1).sum())
+
+
+def test_imagefolder_resized_crop(tmp_path):
+    _write_folder(tmp_path, size=40)
+    d = create_dataset("imagefolder", root=str(tmp_path), image_size=24, augment="resized_crop", val_fraction=0.25)
+    assert d.info.input_shape == (3, 24, 24)
+    assert d.split("train", augment=True)[0][0].shape == (3, 24, 24)
+    assert d.split("test")[0][0].shape == (3, 24, 24)
+    with pytest.raises(EmbedlabError, match="augment: one of crop, resized_crop"):
+        create_dataset("imagefolder", root=str(tmp_path), augment="resized_crop")
