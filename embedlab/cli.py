@@ -248,6 +248,45 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(a: argparse.Namespace) -> int:
+    out = Path(a.out)
+    if a.study == "toy-depth":
+        from trainers.studies.toy_depth import run_toy_depth
+
+        ks = tuple(int(k) for k in a.ks.split(","))
+        res = run_toy_depth(realisations_per_k=a.realisations, ks=ks, epochs=a.epochs or 20, seed=a.seed, out_dir=out,
+                            progress=not a.no_progress, threads=a.threads)
+        print(json.dumps(res.get("summary", {}), indent=2, default=str)[:4000])
+        print(f"wrote {out / 'toy_depth.json'}")
+        return 0
+    from embedlab.recipes import load_recipe
+    from trainers.studies.confmix import VARIANTS, markdown_table, run_confmix_study
+
+    import dataclasses
+
+    cfg = load_recipe(a.recipe).resolved()
+    changes: dict[str, Any] = {"device": a.device}
+    if a.dataset:
+        changes["dataset"] = a.dataset
+    if a.data_root:
+        changes["data_root"] = a.data_root
+    if a.epochs:
+        changes["epochs"] = a.epochs
+    if a.subset:
+        changes["dataset_options"] = {**cfg.dataset_options, "train_subset": a.subset}
+    cfg = dataclasses.replace(cfg, **changes)
+    cfg.validate("study confmix")
+    variants = [v.strip() for v in a.variants.split(";")] if a.variants else None
+    for v in variants or []:
+        if v not in VARIANTS:
+            raise EmbedlabError(f"unknown ConfMix-study variant {v!r}; known: {'; '.join(VARIANTS)}")
+    seeds = tuple(int(s) for s in a.seeds.split(","))
+    res = run_confmix_study(cfg, out, seeds=seeds, variants=variants, progress=not a.no_progress)
+    print(markdown_table(res))
+    print(f"wrote {out / 'confmix.json'}")
+    return 0
+
+
 def cmd_list(a: argparse.Namespace) -> int:
     from analyses.runner import ANALYSES
     from embedlab.data import DATASETS
@@ -402,6 +441,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     d.add_argument("--force", action="store_true", help="redo the demo over an existing OUT")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    st = add("study", cmd_study, "run one of seed 002's studies",
+             "toy-depth: seed 002 §3 — mixup at depths 0–3 vs baseline on 400 Gaussian-mixture datasets, excess risk "
+             "over the exact Bayes classifier, by quartile of the normalised MMLB (vectorised over datasets; the full "
+             "protocol takes minutes on 2 cores). confmix: seed 002 §4 — ConfMix, ½-ConfMix, α = 0.5 and α schedules "
+             "0→1 / 1→0, input and manifold, against the ERM baseline on CIFAR-10 with the small CNN, over seeds. "
+             "Both write a JSON that `embedlab report` renders as its own section. See docs/STUDIES.md.")
+    st.add_argument("study", choices=("toy-depth", "confmix"))
+    st.add_argument("--out", required=True, help="output directory")
+    st.add_argument("--seed", type=_nonneg_int, default=0, help="toy-depth: seed of the datasets and models")
+    st.add_argument("--realisations", type=_positive_int, default=100, help="toy-depth: datasets per K")
+    st.add_argument("--ks", default="2,3,4,5", help="toy-depth: class counts K")
+    st.add_argument("--threads", type=_positive_int, default=None, help="toy-depth: torch CPU threads")
+    st.add_argument("--epochs", type=_positive_int, default=None,
+                    help="epochs per model (toy-depth default 20; confmix default: the recipe's 50)")
+    st.add_argument("--recipe", default="cifar10-small-cnn", help="confmix: training recipe")
+    st.add_argument("--dataset", help="confmix: dataset (e.g. imagefolder for a JPEG copy of CIFAR-10) [recipe's]")
+    st.add_argument("--data-root", help="confmix: dataset root")
+    st.add_argument("--subset", type=_positive_int, help="confmix: train on a seeded subset of this many images")
+    st.add_argument("--seeds", default="0,1,2", help="confmix: comma-separated seeds")
+    st.add_argument("--variants", help="confmix: ';'-separated variant names (default: all; the baseline always runs)")
+    st.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    st.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     li = add("list", cmd_list, "list registered methods, models, datasets or analyses",
              "List registered plug-ins. For methods, the table gives the MultiMix paper's Table 1 columns.")

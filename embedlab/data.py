@@ -408,19 +408,48 @@ class ClassSubset(DataSource):
         return {**self.base.describe(), "classes": self.keep}
 
 
+class TrainSubset(DataSource):
+    """The first ``n`` examples of a seeded permutation of the training split (val and test unchanged): shorter
+    runs of a protocol (``--data-opt train_subset=5000``)."""
+
+    def __init__(self, base: DataSource, n: int, seed: int = 0) -> None:
+        if n < 1:
+            raise EmbedlabError(f"train_subset must be >= 1, got {n}")
+        self.base, self.n, self.seed, self.info = base, n, seed, base.info
+
+    def split(self, name: str, augment: bool = False) -> Dataset:
+        ds = self.base.split(name, augment)
+        if name != "train" or self.n >= len(ds):
+            return ds
+        idx = np.sort(np.random.default_rng(self.seed).permutation(len(ds))[: self.n])
+        if isinstance(ds, TensorData):
+            return TensorData(ds.x[idx], ds.y[idx])
+        return Subset(ds, idx.tolist())
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.base.describe(), "train_subset": self.n}
+
+    def heldout(self) -> Dataset:
+        return self.base.heldout()  # type: ignore[attr-defined]
+
+
 def create_dataset(name: str, root: str | None = None, download: bool = False, **options: Any) -> DataSource:
     """Build a registered dataset; ``options`` are its keyword arguments (e.g. ``K`` for toy-gmm).
 
-    The generic option ``classes`` (a list of class indices) keeps only those classes; see :class:`ClassSubset`.
+    Generic options: ``classes`` (a list of class indices) keeps only those classes (see :class:`ClassSubset`);
+    ``train_subset`` (an int) trains on a seeded subset of that many examples (see :class:`TrainSubset`).
     """
     entry = DATASETS.get(name)
     classes = options.pop("classes", None)
+    train_subset = options.pop("train_subset", None)
     try:
         data = entry.obj(root=root, download=download, **options)
     except TypeError as e:
         raise EmbedlabError(f"bad option for dataset {name!r}: {e}") from None
     if classes is not None:
         data = ClassSubset(data, [classes] if isinstance(classes, int) else classes)
+    if train_subset is not None:
+        data = TrainSubset(data, int(train_subset))
     return data
 
 

@@ -1,0 +1,46 @@
+"""A tiny end-to-end run of seed 002's ConfMix study (digits instead of CIFAR-10, one epoch)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from embedlab.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_confmix_study_end_to_end(tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["study", "confmix", "--recipe", "digits", "--epochs", "2", "--subset", "300", "--seeds", "0,1",
+            "--variants", "input ConfMix;manifold mixup α 0→1", "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    res = json.loads((out / "confmix.json").read_text())
+    assert res["kind"] == "embedlab.study" and res["seeds"] == [0, 1]
+    names = [r["variant"] for r in res["rows"]]
+    assert names == ["baseline (ERM)", "input ConfMix", "manifold mixup α 0→1"]
+    base = res["rows"][0]
+    assert base["change_over_baseline_mean"] == 0.0
+    for r in res["rows"]:
+        assert 0.0 < r["test_accuracy_mean"] <= 1.0 and set(r["per_seed"]) == {"0", "1"}
+        diffs = [r["per_seed"][s] - base["per_seed"][s] for s in ("0", "1")]
+        assert r["change_over_baseline_mean"] == pytest.approx(sum(diffs) / 2)
+    meta = json.loads((out / "runs" / "input-ConfMix-seed1" / "meta.json").read_text())
+    assert meta["method"]["name"] == "confmix" and meta["config"]["seed"] == 1
+    assert meta["dataset"]["train_subset"] == 300
+    assert "| input ConfMix |" in capsys.readouterr().out
+    # a second run reuses the finished runs: no training, same weights, same results
+    weights = (out / "runs" / "input-ConfMix-seed1" / "model.safetensors").read_bytes()
+    assert main(argv) == 0
+    assert "is complete (2 epochs); nothing to resume" in capsys.readouterr().out
+    assert (out / "runs" / "input-ConfMix-seed1" / "model.safetensors").read_bytes() == weights
+    assert json.loads((out / "confmix.json").read_text())["rows"] == res["rows"]
+
+
+def test_unknown_variant(tmp_path, capsys):
+    assert main(["study", "confmix", "--recipe", "digits", "--variants", "magic", "--out", str(tmp_path)]) == 2
+    assert "unknown ConfMix-study variant 'magic'" in capsys.readouterr().err
