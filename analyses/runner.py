@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 import analyses  # noqa: F401  (registers every analysis)
 from analyses.registry import ANALYSES, Inputs, Output
 from embedlab.checkpoint import load_model, resolve_checkpoint, utc_now, versions
+from embedlab.config import check_option_types
 from embedlab.data import DataSource, create_dataset
 from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write, atomic_write_json, sha256_file
@@ -174,6 +175,8 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
                                               cache_dir, device=device, progress=progress, desc=f"{src.name}/ood:{name}")
     if "test" not in splits:
         raise EmbedlabError(f"{src.path}: no test split to analyse")
+    for split, arrays in [*splits.items(), *((f"ood:{k}", v) for k, v in ood_x.items())]:
+        _check_finite(src, split, arrays)
     inp = Inputs(splits, len(src.classes), src.classes, model=src.model, device=torch.device(device),
                  test_data=src.data.split("test") if src.data is not None and "test_data" in needed else None,
                  ood=ood_x, ood_data=ood_data)
@@ -181,7 +184,14 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
     plots: dict[str, Any] = {}
     extra_arrays: dict[str, np.ndarray] = {}
     for a in runnable:
-        res: Output = ANALYSES.get(a).obj(inp, **settings.get(a, {}))
+        try:
+            res: Output = ANALYSES.get(a).obj(inp, **settings.get(a, {}))
+        except (ValueError, TypeError) as e:
+            if not settings.get(a):
+                raise
+            given = ", ".join(f"{k}={v}" for k, v in settings[a].items())
+            raise EmbedlabError(f"--opt {a}: analysis {a!r} rejected the settings {given}: "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
         metrics.update(res.metrics)
         if res.plots:
             plots[a] = res.plots
@@ -246,6 +256,19 @@ def check_settings(settings: dict[str, dict[str, Any]], chosen: list[str]) -> No
             if key not in params:
                 raise EmbedlabError(f"--opt {analysis}.{key}: unknown setting; {analysis} takes: "
                                     f"{', '.join(params) or 'none'}")
+        check_option_types(ANALYSES.get(analysis).obj, values, f"--opt {analysis}")
+
+
+def _check_finite(src: Source, split: str, arrays: Extracted, rows: int = 1 << 16) -> None:
+    """Refuse NaN/Inf embeddings or logits (a diverged model): every metric of them would be meaningless.
+    Checked ``rows`` at a time, so that memory-mapped extractions are never loaded whole."""
+    for name, a in (("embeddings", arrays.embeddings), ("logits", arrays.logits)):
+        if a is None:
+            continue
+        for start in range(0, len(a), rows):
+            if not np.isfinite(a[start:start + rows]).all():
+                raise EmbedlabError(f"{src.path}: the {split} {name} contain NaN or Inf (a diverged model?); "
+                                    f"nothing to analyse")
 
 
 def _check_overwrite(results: Path, sha: str, force: bool) -> None:

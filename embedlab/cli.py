@@ -207,7 +207,7 @@ def cmd_report(a: argparse.Namespace) -> int:
             raise EmbedlabError("--format md needs analysis results (results.json); only study results were found")
         atomic_write_text(out, render_markdown(inputs.results))
     else:
-        render_report(inputs.results, out, title=a.title, studies=inputs.studies,
+        render_report(inputs.results, out, title=a.title, studies=inputs.studies, workers=a.workers or None,
                       umap_kwargs={"n_neighbors": a.umap_neighbors, "min_dist": a.umap_min_dist, "seed": a.seed,
                                    "max_points": a.max_points or None, "n_epochs": a.umap_epochs})
     print(f"wrote {out}")
@@ -218,6 +218,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     import dataclasses
 
     from analyses.runner import analyze_path
+    from embedlab.checkpoint import WEIGHTS
+    from embedlab.methods import METHODS
     from embedlab.recipes import load_recipe
     from reports.html import render_report
     from reports.load import load_results
@@ -227,9 +229,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
     report = out / "report.html"
     if report.exists() and not a.force:
         raise EmbedlabError(f"{report} already exists; choose another --out or pass --force to redo the demo")
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    if not methods:
+        raise EmbedlabError("--methods: give at least one method (see `embedlab list methods`)")
+    for method in methods:  # every name and run directory is checked before the first run trains
+        METHODS.get(method)
+        if (out / "runs" / method / WEIGHTS).exists() and not a.force:
+            raise EmbedlabError(f"{out / 'runs' / method / WEIGHTS} already exists; choose another --out or pass "
+                                f"--force to redo the demo")
     t0 = time.perf_counter()
     result_dirs = []
-    for method in a.methods.split(","):
+    for method in methods:
         run = out / "runs" / method
         _check_new_run(run, a.force)
         cfg = dataclasses.replace(load_recipe("digits").resolved(), method=method, epochs=a.epochs, seed=a.seed,
@@ -429,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-points", type=_nonneg_int, default=10000,
                    help="subsample each UMAP to at most this many points (0: every point); stated on the figure")
     r.add_argument("--seed", type=_nonneg_int, default=0, help="UMAP and subsampling seed")
+    r.add_argument("--workers", type=_nonneg_int, default=0,
+                   help="processes computing the UMAP layouts (0: automatic, several only for 20,000+ points in all "
+                        "and on idle CPU cores); the layouts do not depend on it")
     r.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
     d = add("demo", cmd_demo, "train, analyse and report five methods on digits",
@@ -480,6 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         sys.stderr.write(f"embedlab: error: {e}\n")
+        return 2
+    except OSError as e:  # the machine, not the input: disk full, permission denied, ...
+        if args.debug:
+            raise
+        what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else (str(e).strip() or type(e).__name__)
+        sys.stderr.write(f"embedlab: error: {what.splitlines()[0]}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("embedlab: interrupted\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any
 
@@ -94,6 +95,30 @@ def parse_options(cls: type, values: dict[str, Any], where: str, strict: bool = 
     return opts
 
 
+def check_option_types(fn: Any, options: dict[str, Any], where: str) -> None:
+    """Keyword options for a plug-in ``fn`` (a dataset class, model factory, analysis): a value whose parameter
+    defaults to an int, float or bool must have that type, so ``K=x`` is one clear line here rather than a
+    ``TypeError`` deep inside ``fn``. Other parameters and unknown names are left to ``fn`` itself."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in options.items():
+        default = params[key].default if key in params else None
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            continue
+        if not ok:
+            raise EmbedlabError(f"{where} option {key}: expected {type(default).__name__}, got {value!r}")
+
+
 def parse_assignments(items: list[str] | None, where: str) -> dict[str, str]:
     """``["n=500", "alpha=0.5"]`` → ``{"n": "500", "alpha": "0.5"}``."""
     out: dict[str, str] = {}
@@ -175,10 +200,15 @@ class TrainConfig:
             raise EmbedlabError(f"{where}: epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:
             raise EmbedlabError(f"{where}: batch_size must be >= 2, got {self.batch_size}")
-        if not self.lr > 0:
-            raise EmbedlabError(f"{where}: lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.momentum < 0:
-            raise EmbedlabError(f"{where}: weight_decay and momentum must be >= 0")
+        if not 0 < self.lr < math.inf:
+            raise EmbedlabError(f"{where}: lr must be > 0 and finite, got {self.lr}")
+        for key in ("momentum", "weight_decay"):
+            if not 0 <= getattr(self, key) < math.inf:
+                raise EmbedlabError(f"{where}: {key} must be >= 0 and finite, got {getattr(self, key)}")
+        if not 0 < self.lr_gamma < math.inf:
+            raise EmbedlabError(f"{where}: lr_gamma must be > 0 and finite, got {self.lr_gamma}")
+        if self.seed < 0:
+            raise EmbedlabError(f"{where}: seed must be >= 0, got {self.seed}")
         if self.optimizer not in ("sgd", "adam", "adamw"):
             raise EmbedlabError(f"{where}: optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
         if self.schedule not in ("cosine", "step", "constant"):

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from embedlab.config import check_option_types
 from embedlab.errors import EmbedlabError
 from embedlab.registry import Registry
 
@@ -301,6 +302,8 @@ class ImageFolderData(_SplitImages):
     def __init__(self, root: str | None = None, download: bool = False, val_fraction: float = 0.1,
                  split_seed: int = 0, image_size: int | None = None, augment: str = "crop") -> None:
         root = _require_root(root, "imagefolder", "a folder with train/<class>/ and test/<class>/ image folders")
+        if not Path(root).is_dir():
+            raise EmbedlabError(f"imagefolder root {root!r} does not exist or is not a directory")
         super().__init__(root, val_fraction, split_seed)
         if augment not in AUGMENTATIONS or (augment == "resized_crop" and not image_size):
             raise EmbedlabError(f"imagefolder option augment: one of {', '.join(AUGMENTATIONS)} "
@@ -442,6 +445,7 @@ def create_dataset(name: str, root: str | None = None, download: bool = False, *
     entry = DATASETS.get(name)
     classes = options.pop("classes", None)
     train_subset = options.pop("train_subset", None)
+    check_option_types(entry.obj, options, f"dataset {name!r}")
     try:
         data = entry.obj(root=root, download=download, **options)
     except TypeError as e:

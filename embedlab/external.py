@@ -20,6 +20,8 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -96,7 +98,9 @@ def load_weights(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for files with code/objects; RuntimeError/EOFError for bad files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [line.strip().rstrip(".") for line in str(e).strip().splitlines()]
+        # the GLOBAL line says what the file asks to run; torch's first line only advises weights_only=False
+        first = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(e).__name__)
         raise EmbedlabError(f"refusing to load {path}: not a plain tensor file "
                             f"(torch.load with weights_only=True failed: {first})") from None
     for key in ("state_dict", "model", "model_state_dict"):
@@ -203,8 +207,10 @@ def read_arrays(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray | None
     try:
         with np.load(p, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise EmbedlabError(f"cannot read arrays {p}: {e}") from None
+    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # TypeError: a single .npy array under an .npz name; EOFError: an empty file; BadZipFile: truncated/corrupt
+        raise EmbedlabError(f"cannot read arrays {p}: {str(e) or type(e).__name__} (empty, truncated or not an "
+                            f".npz file?)") from None
     splits: dict[str, dict[str, np.ndarray | None]] = {}
     for split in ("train", "val", "test"):
         prefix = "" if split == "test" and "embeddings" in data else f"{split}_"

@@ -1,4 +1,5 @@
-"""Report layer: turn saved analysis results (``results.json`` + ``arrays.npz``) into HTML / Markdown reports.
+"""Report layer: turn saved analysis results (``results.json`` + ``arrays.npz``) and study results into one
+self-contained HTML report or Markdown tables.
 
 This package reads files on disk only. From core it imports nothing but :mod:`embedlab.io` and
 :class:`embedlab.errors.EmbedlabError`; it never imports ``trainers``, ``analyses`` or torch.
@@ -6,6 +7,7 @@ This package reads files on disk only. From core it imports nothing but :mod:`em
 from __future__ import annotations
 
 from reports.html import render_markdown, render_report
-from reports.load import ModelResult, load_results
+from reports.load import ModelResult, ReportInputs, StudyResult, load_report_inputs, load_results
 
-__all__ = ["ModelResult", "load_results", "render_markdown", "render_report"]
+__all__ = ["ModelResult", "ReportInputs", "StudyResult", "load_report_inputs", "load_results", "render_markdown",
+           "render_report"]

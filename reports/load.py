@@ -1,6 +1,14 @@
-"""Load saved analysis results (``results.json`` + ``arrays.npz``) written by the analysis layer."""
+"""Load saved analysis results (``results.json`` + ``arrays.npz``) and study results written by the other layers.
+
+Two kinds of input are read:
+
+* analysis results: ``results.json`` (``"kind": "embedlab.analysis"``) beside its ``arrays.npz``, one per model;
+* study results (:class:`StudyResult`): ``toy_depth.json`` written by ``trainers/studies/toy_depth.py``, or any JSON
+  file with ``"kind": "embedlab.study"``, with the PNG figures it names beside it.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zipfile
@@ -16,6 +24,10 @@ from embedlab.errors import EmbedlabError
 RESULTS_FILENAME = "results.json"
 RESULTS_KIND = "embedlab.analysis"
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+STUDY_KIND = "embedlab.study"
+STUDY_FILENAMES = ("toy_depth.json",)  # study files recognised by name (toy_depth.json carries no "kind")
+THUMBNAIL_CHANNELS = (1, 3, 4)
+MAX_FIGURE_BYTES = 8 << 20  # a study figure larger than this is not embedded
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,6 +40,8 @@ class ModelResult:
     labels: np.ndarray  # (N,) int64
     path: Path  # the results.json file
     logits: np.ndarray | None = field(default=None, repr=False)  # (N, C) when saved
+    thumbnails: np.ndarray | None = field(default=None, repr=False)  # (n, h, w, C) uint8, image datasets only
+    thumbnail_index: np.ndarray | None = field(default=None, repr=False)  # (n,) int64: rows of ``embeddings``
 
     @property
     def metrics(self) -> dict[str, dict[str, Any]]:
@@ -47,6 +61,30 @@ class ModelResult:
         return ds if isinstance(ds, dict) else {}
 
     @property
+    def plots(self) -> dict[str, Any]:
+        """``results["plots"]``: analysis name -> the plot data it saved, ``{}`` when absent."""
+        plots = self.results.get("plots")
+        return plots if isinstance(plots, dict) else {}
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """``results["skipped"]``: analysis name -> why it did not run."""
+        skipped = self.results.get("skipped")
+        return {str(k): str(v) for k, v in skipped.items()} if isinstance(skipped, dict) else {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The training config saved in the checkpoint metadata, ``{}`` when absent."""
+        config = self.meta.get("config")
+        return config if isinstance(config, dict) else {}
+
+    @property
+    def seed(self) -> int | None:
+        """The training seed (``meta.config.seed``), None when unknown."""
+        seed = self.config.get("seed")
+        return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+    @property
     def class_names(self) -> list[str]:
         """Class names indexed by label; falls back to ``str(label)`` when the results do not list them."""
         classes = self.dataset.get("classes")
@@ -56,60 +94,125 @@ class ModelResult:
         return [str(i) for i in range(n)]
 
 
+@dataclass(frozen=True, eq=False)
+class StudyResult:
+    """One study result file (e.g. seed 002's toy-depth study): its JSON and the figures found beside it."""
+
+    name: str  # "toy_depth", or the file's "study" / stem
+    path: Path
+    data: dict[str, Any]
+    figures: dict[str, Path] = field(default_factory=dict)  # figure name -> existing PNG file
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        summary = self.data.get("summary")
+        return summary if isinstance(summary, dict) else {}
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything a report reads: analysis results (one per model) and study results."""
+
+    results: list[ModelResult]
+    studies: list[StudyResult]
+
+
 def load_results(paths: Iterable[str | os.PathLike[str]]) -> list[ModelResult]:
-    """Load every results set found under ``paths``, in the order given.
+    """Load every analysis results set found under ``paths``, in the order given.
 
     Each path may be a results directory, a ``results.json`` file, or a parent directory whose immediate
     subdirectories (sorted by name) are results directories. The same file reached twice is loaded once.
     Models sharing a name are disambiguated by appending their results directory name, e.g. ``"mixup (seed1)"``.
+    Study files among ``paths`` are ignored here (see :func:`load_report_inputs`).
     Raises :class:`EmbedlabError` with a one-line message naming the offending path on any problem.
     """
+    files, _ = find_inputs(paths)
+    if not files:
+        raise EmbedlabError(f"no {RESULTS_FILENAME} found in the results paths given")
+    return _disambiguate([_load_one(f) for f in files])
+
+
+def load_report_inputs(paths: Iterable[str | os.PathLike[str]]) -> ReportInputs:
+    """Analysis results and study results under ``paths``: as :func:`load_results`, and a directory (or one of a
+    parent's immediate subdirectories) may also hold a study file such as ``toy_depth.json``, or a path may name a
+    study JSON file. Raises when neither kind is found."""
+    files, study_files = find_inputs(paths)
+    if not files and not study_files:
+        raise EmbedlabError(f"no {RESULTS_FILENAME} or study results found in the paths given")
+    return ReportInputs(_disambiguate([_load_one(f) for f in files]), [load_study(f) for f in study_files])
+
+
+def find_inputs(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Path]]:
+    """``(results files, study files)`` under ``paths``, each in the order found, each file once."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    paths = list(paths)
+    if not paths:
+        raise EmbedlabError("no results paths given")
     files: list[Path] = []
+    studies: list[Path] = []
     seen: set[Path] = set()
     for p in paths:
-        for f in _find_results_files(Path(p)):
+        found, found_studies = _find_in(Path(p))
+        for f, into in [(f, files) for f in found] + [(f, studies) for f in found_studies]:
             key = f.resolve()
             if key not in seen:
                 seen.add(key)
-                files.append(f)
-    if not files:
-        raise EmbedlabError("no results paths given")
-    loaded = [_load_one(f) for f in files]
-    return _disambiguate(loaded)
+                into.append(f)
+    return files, studies
 
 
-def _find_results_files(path: Path) -> list[Path]:
+def _is_study_file(path: Path) -> bool:
+    if path.name in STUDY_FILENAMES:
+        return True
+    if path.name == RESULTS_FILENAME:
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # _load_one reports the problem with the file's name
+    return isinstance(data, dict) and data.get("kind") == STUDY_KIND
+
+
+def _study_files_in(directory: Path) -> list[Path]:
+    return [directory / n for n in STUDY_FILENAMES if (directory / n).is_file()]
+
+
+def _find_in(path: Path) -> tuple[list[Path], list[Path]]:
     if not path.exists():
         raise EmbedlabError(f"results path does not exist: {path}")
     if path.is_file():
         if path.suffix.lower() != ".json":
             raise EmbedlabError(f"not a results JSON file: {path} (expected a {RESULTS_FILENAME} or a directory)")
-        return [path]
+        return ([], [path]) if _is_study_file(path) else ([path], [])
     direct = path / RESULTS_FILENAME
-    if direct.is_file():
-        return [direct]
-    found = sorted(
-        (sub / RESULTS_FILENAME for sub in path.iterdir() if sub.is_dir() and (sub / RESULTS_FILENAME).is_file()),
-        key=lambda f: f.parent.name,
-    )
-    if not found:
+    studies = _study_files_in(path)
+    if direct.is_file() or studies:
+        return ([direct] if direct.is_file() else []), studies
+    subdirs = sorted((sub for sub in path.iterdir() if sub.is_dir()), key=lambda d: d.name)
+    found = [sub / RESULTS_FILENAME for sub in subdirs if (sub / RESULTS_FILENAME).is_file()]
+    found_studies = [f for sub in subdirs for f in _study_files_in(sub)]
+    if not found and not found_studies:
         raise EmbedlabError(f"no {RESULTS_FILENAME} found in {path} or its immediate subdirectories")
-    return found
+    return found, found_studies
 
 
-def _load_one(json_path: Path) -> ModelResult:
+def _read_json_object(json_path: Path) -> dict[str, Any]:
     try:
         text = json_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise EmbedlabError(f"cannot read results file {json_path}: {_one_line(e)}") from e
     try:
-        results = json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise EmbedlabError(f"invalid JSON in {json_path}: {e.msg} (line {e.lineno}, column {e.colno})") from e
-    if not isinstance(results, dict):
+    if not isinstance(data, dict):
         raise EmbedlabError(f"invalid results file {json_path}: top level must be a JSON object")
+    return data
+
+
+def _load_one(json_path: Path) -> ModelResult:
+    results = _read_json_object(json_path)
     kind = results.get("kind")
     if kind != RESULTS_KIND:
         raise EmbedlabError(f"{json_path} is not an embedlab analysis result (kind={kind!r}, expected {RESULTS_KIND!r})")
@@ -119,14 +222,15 @@ def _load_one(json_path: Path) -> ModelResult:
             f"unsupported schema_version {version!r} in {json_path} "
             f"(this embedlab reads {', '.join(map(str, sorted(SUPPORTED_SCHEMA_VERSIONS)))})"
         )
-    for key in ("model", "dataset", "metrics"):
+    for key in ("model", "dataset", "metrics", "plots", "skipped"):
         if key in results and results[key] is not None and not isinstance(results[key], dict):
             raise EmbedlabError(f"invalid results file {json_path}: {key!r} must be a JSON object")
 
     arrays_name = results.get("arrays") or "arrays.npz"
     if not isinstance(arrays_name, str):
         raise EmbedlabError(f"invalid results file {json_path}: 'arrays' must be a file name")
-    embeddings, labels, logits = _load_arrays(json_path.parent / arrays_name)
+    arrays = _load_arrays(json_path.parent / arrays_name)
+    labels = arrays["labels"]
 
     classes = (results.get("dataset") or {}).get("classes")
     if isinstance(classes, list) and classes and labels.size:
@@ -140,10 +244,12 @@ def _load_one(json_path: Path) -> ModelResult:
     name = (results.get("model") or {}).get("name")
     if not isinstance(name, str) or not name.strip():
         name = json_path.parent.name
-    return ModelResult(name=name, results=results, embeddings=embeddings, labels=labels, path=json_path, logits=logits)
+    return ModelResult(name=name, results=results, path=json_path, **arrays)
 
 
-def _load_arrays(npz_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _load_arrays(npz_path: Path) -> dict[str, Any]:
+    """``embeddings``, ``labels``, ``logits``, ``thumbnails``, ``thumbnail_index`` (the last three may be None),
+    validated. The other arrays in the file (per-analysis data) are not read."""
     if not npz_path.is_file():
         raise EmbedlabError(f"arrays file missing: {npz_path}")
     try:
@@ -154,6 +260,9 @@ def _load_arrays(npz_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
             embeddings = npz["embeddings"]
             labels = npz["labels"]
             logits = npz["logits"] if "logits" in npz.files else None
+            has_thumbs = "thumbnails" in npz.files and "thumbnail_index" in npz.files
+            thumbnails = npz["thumbnails"] if has_thumbs else None
+            thumbnail_index = npz["thumbnail_index"] if has_thumbs else None
     except EmbedlabError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
@@ -169,11 +278,54 @@ def _load_arrays(npz_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
         )
     if logits is not None and (logits.ndim != 2 or len(logits) != len(labels)):
         raise EmbedlabError(f"logits in {npz_path} must be (N, C) with N={len(labels)}, got {logits.shape}")
-    return (
-        np.ascontiguousarray(embeddings, dtype=np.float32),
-        labels.astype(np.int64, copy=False),
-        None if logits is None else np.ascontiguousarray(logits, dtype=np.float32),
-    )
+    if thumbnails is not None and thumbnail_index is not None:
+        if thumbnails.ndim == 3:  # (n, h, w) grayscale
+            thumbnails = thumbnails[..., None]
+        if thumbnails.dtype != np.uint8 or thumbnails.ndim != 4 or thumbnails.shape[-1] not in THUMBNAIL_CHANNELS:
+            raise EmbedlabError(f"thumbnails in {npz_path} must be uint8 (n, h, w, C) with C in 1, 3 or 4, "
+                                f"got {thumbnails.dtype} {thumbnails.shape}")
+        if (thumbnail_index.ndim != 1 or not np.issubdtype(thumbnail_index.dtype, np.integer)
+                or len(thumbnail_index) != len(thumbnails)):
+            raise EmbedlabError(f"thumbnail_index in {npz_path} must be an integer (n,) array with n = "
+                                f"{len(thumbnails)} thumbnails, got {thumbnail_index.dtype} {thumbnail_index.shape}")
+        if thumbnail_index.size and (thumbnail_index.min() < 0 or thumbnail_index.max() >= len(labels)):
+            raise EmbedlabError(f"thumbnail_index in {npz_path} must index the {len(labels)} embeddings, "
+                                f"got values in [{thumbnail_index.min()}, {thumbnail_index.max()}]")
+    return {
+        "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32),
+        "labels": labels.astype(np.int64, copy=False),
+        "logits": None if logits is None else np.ascontiguousarray(logits, dtype=np.float32),
+        "thumbnails": thumbnails,
+        "thumbnail_index": None if thumbnail_index is None else thumbnail_index.astype(np.int64, copy=False),
+    }
+
+
+def load_study(json_path: Path) -> StudyResult:
+    """Read one study file. Its figures are the PNG files it names under ``"figures"`` (``{name: file}``, relative
+    to the file's folder), or, when it names none, every ``*.png`` beside it; missing or oversized files are left out."""
+    data = _read_json_object(json_path)
+    kind = data.get("kind")
+    if kind is not None and kind != STUDY_KIND:
+        raise EmbedlabError(f"{json_path} is not an embedlab study result (kind={kind!r}, expected {STUDY_KIND!r})")
+    if "summary" in data and not isinstance(data["summary"], dict):
+        raise EmbedlabError(f"invalid study file {json_path}: 'summary' must be a JSON object")
+    name = data.get("name") if isinstance(data.get("name"), str) else json_path.stem
+    listed = data.get("figures")
+    folder = json_path.parent
+    if isinstance(listed, dict) and listed:
+        candidates = {str(k): folder / str(v) for k, v in listed.items() if isinstance(v, str)}
+    else:
+        candidates = {p.stem: p for p in sorted(folder.glob("*.png"))}
+    figures = {}
+    for fig_name, p in candidates.items():
+        try:
+            inside = p.resolve().is_relative_to(folder.resolve())  # a figure path may not leave the study folder
+            ok = inside and p.is_file() and p.suffix.lower() == ".png" and p.stat().st_size <= MAX_FIGURE_BYTES
+        except OSError:
+            ok = False
+        if ok:
+            figures[fig_name] = p
+    return StudyResult(name, json_path, data, figures)
 
 
 def _disambiguate(loaded: list[ModelResult]) -> list[ModelResult]:
@@ -196,7 +348,7 @@ def _disambiguate(loaded: list[ModelResult]) -> list[ModelResult]:
                 i += 1
             new = f"{m.name} #{i}"
         taken.add(new)
-        out.append(ModelResult(new, m.results, m.embeddings, m.labels, m.path, m.logits))
+        out.append(dataclasses.replace(m, name=new))
     return out
 
 

@@ -1,6 +1,7 @@
-"""Tests for the report layer (reports/): loading saved results, UMAP layouts, HTML and Markdown rendering."""
+"""Tests for the report layer (reports/): loading results and studies, seed groups, tables, figures, HTML, Markdown."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sys
@@ -12,12 +13,25 @@ import numpy as np
 import pytest
 
 from embedlab.errors import EmbedlabError
-from reports import load_results, render_markdown, render_report
-from reports.html import format_sig, svg_scatter
+from reports import load_report_inputs, load_results, render_markdown, render_report
+from reports.aggregate import group_results
+from reports.figures import confusion_counts, json_for_script, pool_reliability
+from reports.svg import confusion_heatmap, labelled_scatter, LabelledPoint, line_chart, png_bytes, Series
+from reports.tables import format_sig, format_stat
+from reports.aggregate import Stat
 from reports.umap_embed import knn_graph, umap_2d
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 N_PER_CLASS = 40  # 4 classes -> 160 points per model
+EVIL = "<script>alert(1)</script>"
+
+
+def _reliability(rng: np.random.Generator, n_bins: int = 5) -> dict[str, list]:
+    count = rng.integers(0, 40, n_bins).tolist()
+    conf = [None if c == 0 else float((k + 0.5) / n_bins) for k, c in enumerate(count)]
+    acc = [None if c == 0 else float(rng.uniform(0, 1)) for c in count]
+    return {"lower": [k / n_bins for k in range(n_bins)], "upper": [(k + 1) / n_bins for k in range(n_bins)],
+            "count": count, "confidence": conf, "accuracy": acc}
 
 
 def write_results(
@@ -25,22 +39,56 @@ def write_results(
     dirname: str,
     *,
     name: str | None = None,
-    metrics: dict[str, tuple[float | None, bool | None]],
+    metrics: dict[str, tuple[float | None, bool | None]] | dict[str, dict[str, Any]],
     seed: int = 0,
+    data_seed: int | None = None,
+    method: str = "mixup",
+    method_options: dict[str, Any] | None = None,
     n_per_class: int = N_PER_CLASS,
     classes: list[str] = CLASSES,
     history: bool = True,
+    plots: bool = False,
+    thumbnails: bool = False,
 ) -> Path:
-    """Write ``root/dirname/{results.json,arrays.npz}`` with seeded Gaussian-blob embeddings; return the dir."""
-    rng = np.random.default_rng(seed)
+    """Write ``root/dirname/{results.json,arrays.npz}`` with seeded Gaussian-blob embeddings; return the dir.
+
+    ``metrics`` maps a name to ``(value, higher_is_better)`` (analysis = the name) or to a full metric entry.
+    ``plots`` adds calibration / robustness / OOD plot data; ``thumbnails`` adds 8x8 RGB thumbnails for half the points.
+    """
+    rng = np.random.default_rng(seed if data_seed is None else data_seed)
     d = 16
     centers = rng.normal(size=(len(classes), d)) * 6
     labels = np.repeat(np.arange(len(classes)), n_per_class).astype(np.int64)
     emb = (centers[labels] + rng.normal(size=(len(labels), d))).astype(np.float32)
+    logits = (np.eye(len(classes))[labels] * 3 + rng.normal(size=(len(labels), len(classes)))).astype(np.float32)
     out = root / dirname
     out.mkdir(parents=True)
-    np.savez(out / "arrays.npz", embeddings=emb, labels=labels, logits=rng.normal(size=(len(labels), len(classes))).astype(np.float32))
-    hist = [{"epoch": e, "train_loss": 2.0 / e, "val_accuracy": 1 - 0.5 / e} for e in range(1, 6)]
+    arrays: dict[str, np.ndarray] = {"embeddings": emb, "labels": labels, "logits": logits}
+    if thumbnails:
+        idx = np.arange(0, len(labels), 2, dtype=np.int64)
+        arrays["thumbnail_index"] = idx
+        arrays["thumbnails"] = rng.integers(0, 256, size=(len(idx), 8, 8, 3), dtype=np.uint8)
+    np.savez(out / "arrays.npz", **arrays)
+    hist = [{"epoch": e, "train_loss": 2.0 / e, "val_accuracy": 1 - 0.5 / e, "val_loss": 1.5 / e} for e in range(1, 6)]
+    entries = {}
+    for key, v in metrics.items():
+        if isinstance(v, dict):
+            entries[key] = v
+        else:
+            entries[key] = {"value": v[0], "higher_is_better": v[1], "analysis": key, "settings": {}}
+    plot_data: dict[str, Any] = {}
+    if plots:
+        plot_data["calibration"] = {"reliability": _reliability(rng), "reliability_ts": _reliability(rng)}
+        plot_data["robustness"] = {
+            "pgd_linf": {"eps": [0.0, 1.0, 2.0, 4.0], "accuracy": sorted(rng.uniform(0, 1, 4).tolist(), reverse=True),
+                         "norm": "Linf", "eps_unit": "1/255"}}
+        edges = np.linspace(-3, 3, 11).tolist()
+        plot_data["ood"] = {"conventions": {"orientation": "every score: higher = more in-distribution"},
+                            "skipped_scores": {}, "sets": {"gaussian": {
+                                s: {"hist": {"edges": edges, "id": rng.integers(0, 30, 10).tolist(),
+                                             "ood": rng.integers(0, 30, 10).tolist()},
+                                    "roc": {"fpr": [0.0, 0.2, 0.5, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0]}}
+                                for s in ("msp", "energy")}}}
     results = {
         "schema_version": 1,
         "kind": "embedlab.analysis",
@@ -49,15 +97,17 @@ def write_results(
             "source": f"runs/{dirname}/model.safetensors",
             "sha256": "ab" * 32,
             "meta": {
-                "method": {"name": "mixup", "options": {"alpha": 0.4}}, "model": {"name": "cnn-gap"},
-                "dataset": {"name": "blobs"}, "config": {"epochs": 5, "seed": seed},
+                "method": {"name": method, "options": method_options if method_options is not None else {"alpha": 0.4}},
+                "model": {"name": "cnn-gap"}, "dataset": {"name": "blobs"},
+                "config": {"epochs": 5, "seed": seed, "method": method, "device": "cpu"},
+                "hardware": {"device": "cpu", "cpu_threads": 2}, "versions": {"torch": "2.14.1"},
                 **({"history": hist} if history else {}),
             },
         },
         "dataset": {"name": "blobs", "split": "test", "num_examples": len(labels), "classes": classes},
-        "metrics": {
-            key: {"value": v, "higher_is_better": hib, "analysis": key, "settings": {}} for key, (v, hib) in metrics.items()
-        },
+        "metrics": entries,
+        "plots": plot_data,
+        "skipped": {},
         "arrays": "arrays.npz",
         "created_utc": "2026-11-22T04:00:00Z",
         "versions": {"embedlab": "0.1.0"},
@@ -74,78 +124,174 @@ METRICS = {
 }
 
 
+def ood_metric(value: float, set_name: str, score: str, key: str) -> dict[str, Any]:
+    return {"value": value, "higher_is_better": key != "fpr95", "analysis": "ood",
+            "settings": {"set": set_name, "score": score}}
+
+
 @pytest.fixture()
 def results_root(tmp_path: Path) -> Path:
     root = tmp_path / "results"
     for i, (name, metrics) in enumerate(METRICS.items()):
-        write_results(root, name, metrics=metrics, seed=i)
+        write_results(root, name, metrics=metrics, seed=i, method=f"method_{name}")
     return root
 
 
-class TableParser(HTMLParser):
-    """Collect the summary table's cells, the UMAP figures' circle counts and every src/href value."""
+@pytest.fixture()
+def seeded_root(tmp_path: Path) -> Path:
+    """Three seeds of "mm" (one lacking a metric), one run of "erm", with plots, OOD metrics and thumbnails."""
+    root = tmp_path / "seeded"
+    rng = np.random.default_rng(42)
+    for s in range(3):
+        metrics: dict[str, Any] = {
+            "accuracy": {"value": float(rng.uniform(0.8, 0.99)), "higher_is_better": True, "analysis": "accuracy"},
+            "uniformity": {"value": float(rng.uniform(-3, -1)), "higher_is_better": False, "analysis": "align_uniform"},
+            "alignment": {"value": float(rng.uniform(0.2, 1)), "higher_is_better": False, "analysis": "align_uniform"},
+            "ood/gaussian/energy/auroc": ood_metric(float(rng.uniform(0.5, 1)), "gaussian", "energy", "auroc"),
+            "ood/gaussian/energy/fpr95": ood_metric(float(rng.uniform(0, 1)), "gaussian", "energy", "fpr95"),
+        }
+        if s < 2:
+            metrics["ece"] = {"value": float(rng.uniform(0, 0.1)), "higher_is_better": False, "analysis": "calibration"}
+        write_results(root, f"mm-seed{s}", metrics=metrics, seed=s, method="multimix", plots=True, thumbnails=True,
+                      data_seed=s)
+    write_results(root, "erm", metrics={
+        "accuracy": {"value": 0.9, "higher_is_better": True, "analysis": "accuracy"},
+        "uniformity": {"value": -2.0, "higher_is_better": False, "analysis": "align_uniform"},
+        "alignment": {"value": 0.5, "higher_is_better": False, "analysis": "align_uniform"},
+        "ood/gaussian/energy/auroc": ood_metric(0.7, "gaussian", "energy", "auroc"),
+        "ood/gaussian/energy/fpr95": ood_metric(0.4, "gaussian", "energy", "fpr95"),
+    }, seed=0, method="erm", method_options={}, plots=True, thumbnails=True, data_seed=7)
+    return root
+
+
+def write_study(folder: Path) -> Path:
+    """A toy_depth.json in the layout of trainers/studies/toy_depth.py, with one tiny PNG figure."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def mci(mean: float) -> dict[str, Any]:
+        return {"mean": mean, "sem": 0.1, "ci95": [mean - 0.2, mean + 0.2], "n": 10}
+
+    block = {"n": 10, "bayes_risk_pct": mci(20.0), "mmlb": mci(0.3),
+             "excess_risk_pct": {"baseline": mci(1.65), "mixup_k1": mci(1.59)},
+             "diff_to_baseline_pct": {"mixup_k1": {**mci(-0.06), "frac_better": 0.8}}}
+    summary = {"n_datasets": 10, "units": "percentage points", "all": block,
+               "by_mmlb_quartile": [{"quartile": q, "mmlb_range": [0.1 * q, 0.1 * q + 0.05], **block} for q in (1, 2, 3, 4)],
+               "by_K": {"2": block, "3": block},
+               "corr_mmlb_bayes_risk": {"pearson": 0.91, "pearson_p": 1e-4, "spearman": 0.88, "spearman_p": 2e-4, "n": 10}}
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[:, :, 0] = 200
+    (folder / "mmlb_vs_bayes_risk.png").write_bytes(png_bytes(img))
+    data = {"study": "toy-depth (seed 002 §3)", "config": {"realisations_per_k": 10, "ks": [2, 3]}, "summary": summary,
+            "figures": {"mmlb_vs_bayes_risk": "mmlb_vs_bayes_risk.png", "missing": "nope.png"}}
+    path = folder / "toy_depth.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+class ReportParser(HTMLParser):
+    """Collect summary cells, per-section models, UMAP data blocks, row names and every URL-valued attribute."""
 
     def __init__(self) -> None:
         super().__init__()
         self.cells: dict[tuple[str, str], dict[str, Any]] = {}  # (model, metric) -> attrs + text
-        self.circles: dict[str, int] = {}
+        self.section_models: dict[str, set[str]] = {}
         self.legends: dict[str, list[str]] = {}
+        self.umap_data: dict[str, dict[str, Any]] = {}
+        self.row_names: list[str] = []
         self.urls: list[str] = []
-        self._table = ""
+        self.scripts: list[dict[str, str]] = []
+        self.meta_csp = ""
+        self._section = ""
         self._row: str | None = None
         self._cell: dict[str, Any] | None = None
         self._fig: str | None = None
-        self._in_legend = False
+        self._legend_fig: str | None = None
+        self._script: dict[str, str] | None = None
+        self._rowname: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
-        self.urls += [v for k, v in a.items() if k in ("src", "href", "xlink:href", "action")]
-        if tag == "table":
-            self._table = a.get("class", "")
-        elif tag == "tr" and self._table == "summary" and "data-model" in a:
-            self._row = a["data-model"]
-        elif tag == "td" and self._row is not None:
-            self._cell = {"class": a.get("class", "").split(), "value": a.get("data-value"), "text": ""}
+        self.urls += [v for k, v in a.items() if k in ("src", "href", "xlink:href", "action", "poster", "data")]
+        if tag == "meta" and a.get("http-equiv", "").lower() == "content-security-policy":
+            self.meta_csp = a.get("content", "")
+        if tag == "section":
+            self._section = a.get("id", "")
+            self.section_models.setdefault(self._section, set())
+        for key in ("data-model",):
+            if key in a:
+                self.section_models.setdefault(self._section, set()).add(a[key])
+        if "data-models" in a:
+            self.section_models.setdefault(self._section, set()).update(x for x in a["data-models"].split(",") if x)
+        if tag == "tr" and "summary" in a.get("class", "") or (tag == "tr" and self._section == "summary" and "data-model" in a):
+            self._row = a.get("data-model")
+        elif tag == "th" and self._row is not None and "model" in a.get("class", "").split():
+            self._rowname = []
+        elif tag == "td" and self._row is not None and "data-metric" in a:
+            self._cell = {"class": a.get("class", "").split(), "value": a.get("data-value"), "std": a.get("data-std"),
+                          "n": a.get("data-n"), "text": ""}
             self.cells[(self._row, a["data-metric"])] = self._cell
         elif tag == "figure" and "umap" in a.get("class", "").split():
             self._fig = a["data-model"]
-            self.circles[self._fig] = 0
             self.legends[self._fig] = []
-        elif tag == "circle" and self._fig is not None:
-            self.circles[self._fig] += 1
-        elif tag == "ul" and self._fig is not None and "legend" in a.get("class", ""):
-            self._in_legend = True
+        elif tag == "li" and self._fig is not None and "data-class" in a:
+            self._legend_fig = self._fig
+            self.legends[self._fig].append("")
+        elif tag == "script":
+            self._script = {"type": a.get("type", ""), "id": a.get("id", ""), "src": a.get("src", ""), "text": ""}
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "td":
             self._cell = None
+        elif tag == "th" and self._rowname is not None:
+            self.row_names.append("".join(self._rowname))
+            self._rowname = None
         elif tag == "tr":
             self._row = None
-        elif tag == "table":
-            self._table = ""
         elif tag == "figure":
             self._fig = None
-        elif tag == "ul":
-            self._in_legend = False
+        elif tag == "li":
+            self._legend_fig = None
+        elif tag == "section":
+            self._section = ""
+        elif tag == "script" and self._script is not None:
+            self.scripts.append(self._script)
+            if self._script["type"] == "application/json" and self._script["id"].startswith("umap-"):
+                data = json.loads(self._script["text"])
+                self.umap_data[data["model"]] = data
+            self._script = None
 
     def handle_data(self, data: str) -> None:
         if self._cell is not None:
             self._cell["text"] += data
-        if self._in_legend and data.strip():
-            self.legends[self._fig].append(data.strip())  # type: ignore[index]
+        if self._rowname is not None:
+            self._rowname.append(data)
+        if self._legend_fig is not None:
+            self.legends[self._legend_fig][-1] += data.strip()
+        if self._script is not None:
+            self._script["text"] += data
 
 
-def parse(html: str) -> TableParser:
-    p = TableParser()
+def parse(html: str) -> ReportParser:
+    p = ReportParser()
     p.feed(html)
     p.close()
     return p
 
 
 @pytest.fixture()
-def rendered(results_root: Path, tmp_path: Path) -> tuple[str, TableParser]:
+def rendered(results_root: Path, tmp_path: Path) -> tuple[str, ReportParser]:
     results = load_results([results_root])
     out = render_report(results, tmp_path / "out" / "report.html", umap_kwargs={"n_neighbors": 10})
+    html = out.read_text(encoding="utf-8")
+    return html, parse(html)
+
+
+@pytest.fixture()
+def seeded_html(seeded_root: Path, tmp_path: Path) -> tuple[str, ReportParser]:
+    study = write_study(tmp_path / "study")
+    inputs = load_report_inputs([seeded_root, study.parent])
+    out = render_report(inputs.results, tmp_path / "seeded.html", umap_kwargs={"n_neighbors": 10, "n_epochs": 50},
+                        studies=inputs.studies)
     html = out.read_text(encoding="utf-8")
     return html, parse(html)
 
@@ -162,6 +308,7 @@ def test_load_results_accepts_dir_file_and_parent(results_root: Path) -> None:
     assert m.embeddings.dtype == np.float32 and m.embeddings.shape == (4 * N_PER_CLASS, 16)
     assert m.labels.dtype == np.int64 and m.class_names == CLASSES
     assert m.path == results_root / "b" / "results.json"
+    assert m.seed == 1 and m.thumbnails is None
 
 
 def test_duplicate_names_are_disambiguated(tmp_path: Path) -> None:
@@ -222,6 +369,276 @@ def test_load_refuses_pickled_arrays(tmp_path: Path) -> None:
         load_results([d])
 
 
+def test_load_thumbnails_and_their_validation(tmp_path: Path) -> None:
+    d = write_results(tmp_path, "m", metrics={}, thumbnails=True)
+    m = load_results([d])[0]
+    assert m.thumbnails is not None and m.thumbnails.shape == (2 * N_PER_CLASS, 8, 8, 3)
+    assert m.thumbnail_index is not None and m.thumbnail_index.dtype == np.int64
+    with np.load(d / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["thumbnail_index"] = arrays["thumbnail_index"] + 10_000
+    np.savez(d / "arrays.npz", **arrays)
+    with pytest.raises(EmbedlabError, match="thumbnail_index .* must index"):
+        load_results([d])
+
+
+def test_study_files_are_found_beside_results(results_root: Path, tmp_path: Path) -> None:
+    study = write_study(results_root / "toy")  # a study folder among the results folders
+    inputs = load_report_inputs([results_root])
+    assert [m.name for m in inputs.results] == ["a", "b", "c"]
+    assert [s.path for s in inputs.studies] == [study]
+    s = inputs.studies[0]
+    assert list(s.figures) == ["mmlb_vs_bayes_risk"]  # the missing figure is left out
+    assert load_results([results_root]) and len(load_results([results_root])) == 3
+    generic = tmp_path / "other.json"
+    generic.write_text(json.dumps({"kind": "embedlab.study", "summary": {"x": 1.5}}))
+    only = load_report_inputs([generic])
+    assert only.results == [] and only.studies[0].summary == {"x": 1.5}
+    with pytest.raises(EmbedlabError, match="no results.json"):
+        load_results([generic])
+
+
+# --------------------------------------------------------------------------------------------- seed groups
+
+
+def test_group_results_by_everything_but_the_seed(tmp_path: Path) -> None:
+    for s in range(3):
+        write_results(tmp_path, f"mm-seed{s}", metrics={"accuracy": (0.9, True)}, seed=s, method="multimix")
+    write_results(tmp_path, "mm-alpha", metrics={"accuracy": (0.9, True)}, seed=0, method="multimix",
+                  method_options={"alpha": 2.0})
+    write_results(tmp_path, "twin-a", name="twin", metrics={}, seed=5, method="erm")
+    write_results(tmp_path, "twin-b", name="twin", metrics={}, seed=5, method="erm")
+    groups = group_results(load_results([tmp_path]))
+    by_name = {g.name: g for g in groups}
+    assert set(by_name) == {"mm", "mm-alpha", "twin (twin-a)", "twin (twin-b)"}
+    assert by_name["mm"].seeds == [0, 1, 2] and by_name["mm"].first.name == "mm-seed0"
+    assert by_name["mm-alpha"].n == 1 and by_name["twin (twin-a)"].n == 1  # same seed twice: not a seed group
+
+
+def test_seed_group_without_a_common_name_is_named_by_method(tmp_path: Path) -> None:
+    write_results(tmp_path, "first", metrics={}, seed=0, method="multimix")
+    write_results(tmp_path, "second", metrics={}, seed=1, method="multimix")
+    assert [g.name for g in group_results(load_results([tmp_path]))] == ["multimix"]
+
+
+def test_mean_std_cells_equal_the_files(seeded_root: Path, seeded_html: tuple[str, ReportParser]) -> None:
+    html, p = seeded_html
+    files = sorted(seeded_root.glob("mm-seed*/results.json"))
+    per_seed = [json.loads(f.read_text())["metrics"] for f in files]
+    for key in ("accuracy", "uniformity", "alignment", "ece", "ood/gaussian/energy/auroc", "ood/gaussian/energy/fpr95"):
+        vals = np.array([m[key]["value"] for m in per_seed if key in m])
+        cell = p.cells[("mm", key)]
+        assert float(cell["value"]) == pytest.approx(vals.mean(), rel=1e-12, abs=1e-15)
+        assert float(cell["std"]) == pytest.approx(vals.std(ddof=1), rel=1e-12, abs=1e-15)
+        assert int(cell["n"]) == len(vals)
+        assert cell["text"].strip() == format_stat(Stat(float(vals.mean()), float(vals.std(ddof=1)), len(vals)))
+        mean_text, std_text = cell["text"].split("\u00b1")
+        assert float(mean_text) == pytest.approx(vals.mean(), rel=5e-4)
+        assert float(std_text) == pytest.approx(vals.std(ddof=1), abs=10 ** -len(mean_text.strip().split(".")[1]))
+    assert int(p.cells[("mm", "ece")]["n"]) == 2  # the third seed lacks ECE
+    erm = json.loads((seeded_root / "erm" / "results.json").read_text())["metrics"]
+    assert float(p.cells[("erm", "accuracy")]["value"]) == erm["accuracy"]["value"]
+    assert p.cells[("erm", "accuracy")]["std"] is None and "\u00b1" not in p.cells[("erm", "accuracy")]["text"]
+    # best per column by mean and direction
+    mm_acc = float(p.cells[("mm", "accuracy")]["value"])
+    assert ("best" in p.cells[("mm", "accuracy")]["class"]) == (mm_acc > 0.9)
+    assert ("best" in p.cells[("erm", "accuracy")]["class"]) == (mm_acc < 0.9)
+    mm_fpr = float(p.cells[("mm", "ood/gaussian/energy/fpr95")]["value"])
+    assert ("best" in p.cells[("mm", "ood/gaussian/energy/fpr95")]["class"]) == (mm_fpr < 0.4)
+    assert re.search(r'<th scope="col" class="num" title="number of seeds">n</th>', html)
+
+
+def test_ood_tables_state_the_convention(seeded_html: tuple[str, ReportParser]) -> None:
+    html, _ = seeded_html
+    assert "higher score means in-distribution" in html and "FPR@95TPR" in html
+    assert "OOD set gaussian \u00b7 AUROC" in html and "OOD set gaussian \u00b7 FPR@95TPR" in html
+    assert re.search(r'data-metric="ood/gaussian/energy/fpr95"[^>]*>energy<span class="arrow"[^>]*>\u2193', html)
+
+
+def test_every_model_appears_in_every_section_with_data(seeded_html: tuple[str, ReportParser]) -> None:
+    html, p = seeded_html
+    models = {"mm", "erm"}
+    for section in ("summary", "embeddings", "align-uniform", "calibration", "robustness", "ood", "confusion",
+                    "training", "runs", "provenance"):
+        assert p.section_models.get(section, set()) >= models, section
+    assert set(p.umap_data) == models
+    assert "seed 0 shown (lowest of 3 seeds)" in html
+    assert "bins pooled over 3 seeds" in html and "Counts summed over 3 seeds" in html
+    assert 'id="ood-score"' in html and '<option value="energy" selected>' in html
+
+
+def test_study_section(seeded_html: tuple[str, ReportParser]) -> None:
+    html, p = seeded_html
+    assert '<section id="studies">' in html and "Seed 002 studies" in html
+    assert "toy-depth (seed 002 \u00a73)" in html
+    assert "mixup_k1" in html and "1.590 [1.390, 1.790]" in html and "80 %" in html
+    assert "Q4 [0.40, 0.45]" in html and "K = 3" in html
+    figures = [u for u in p.urls if u.startswith("data:image/png;base64,")]
+    assert any(base64.b64decode(u.split(",", 1)[1]).startswith(b"\x89PNG") for u in figures)
+
+
+def test_report_of_only_a_study(tmp_path: Path) -> None:
+    study = write_study(tmp_path / "s")
+    inputs = load_report_inputs([study])
+    html = render_report(inputs.results, tmp_path / "r.html", studies=inputs.studies).read_text()
+    assert "Seed 002 studies" in html and 'id="summary"' not in html
+
+
+# --------------------------------------------------------------------------------------------- html
+
+
+def test_table_values_and_best(rendered: tuple[str, ReportParser]) -> None:
+    _, p = rendered
+    for model, metrics in METRICS.items():
+        for key, (value, _) in metrics.items():
+            cell = p.cells[(model, key)]
+            assert float(cell["value"]) == value
+            assert cell["text"].strip() == format_sig(value)
+            assert abs(float(cell["text"]) - value) <= 5e-4 * abs(value)
+    for model in ("b", "c"):  # metric missing for b and c is shown as a dash with no value
+        assert p.cells[(model, "only_a")]["text"].strip() == "\u2013" and p.cells[(model, "only_a")]["value"] is None
+    assert p.cells[("a", "accuracy")]["text"].strip() == "0.9123"
+    best = {key: [m for m in METRICS if "best" in p.cells[(m, key)]["class"]] for key in ("accuracy", "alignment", "ece", "only_a")}
+    assert best == {"accuracy": ["b"], "alignment": ["c"], "ece": [], "only_a": []}
+
+
+def test_header_arrows(rendered: tuple[str, ReportParser]) -> None:
+    html, _ = rendered
+    assert re.search(r'data-metric="accuracy"[^>]*>accuracy<span class="arrow"[^>]*>\u2191', html)
+    assert re.search(r'data-metric="alignment"[^>]*>alignment<span class="arrow"[^>]*>\u2193', html)
+    assert re.search(r'data-metric="ece"[^>]*>ece</th>', html)
+
+
+def test_umap_data_and_legend(rendered: tuple[str, ReportParser]) -> None:
+    html, p = rendered
+    for m in METRICS:
+        data = p.umap_data[m]
+        assert data["n"] == 4 * N_PER_CLASS and data["classes"] == CLASSES
+        xy = np.frombuffer(base64.b64decode(data["xy"]), dtype="<u2")
+        labels = np.frombuffer(base64.b64decode(data["labels"]), dtype="<u2")
+        assert xy.shape == (2 * data["n"],) and np.bincount(labels).tolist() == [N_PER_CLASS] * 4
+        assert p.legends[m] == CLASSES
+    assert "n_neighbors=10" in html and "all 160 test points" in html
+
+
+def test_umap_thumbnails_are_mapped_to_points(seeded_html: tuple[str, ReportParser]) -> None:
+    html, p = seeded_html
+    atlases = json.loads(next(s["text"] for s in p.scripts if s["id"] == "thumb-atlases"))
+    assert len(atlases) == 2  # one per distinct thumbnail set shown: mm's lowest seed and erm
+    data = p.umap_data["erm"]
+    slots = np.frombuffer(base64.b64decode(data["thumbs"]), dtype="<i4")
+    assert (slots >= 0).sum() == 2 * N_PER_CLASS and (slots < 0).sum() == 2 * N_PER_CLASS
+    assert data["atlas"] in {a["id"] for a in atlases}
+    assert "thumbnail on hover for 80 points" in html
+
+
+def test_training_curves_present(rendered: tuple[str, ReportParser]) -> None:
+    html, p = rendered
+    assert html.count('<figure class="curves"') == 3
+    assert "train loss" in html and "validation accuracy" in html and ">epoch<" in html
+    assert p.section_models["training"] >= set(METRICS)
+
+
+def test_self_contained_no_external_urls(seeded_html: tuple[str, ReportParser]) -> None:
+    html, p = seeded_html
+    assert "http://" not in html and "https://" not in html
+    assert not re.search(r"<script\b[^>]*\bsrc", html, re.I)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*//""", html, re.I)
+    assert "url(" not in html and "@import" not in html
+    assert all(u.startswith("data:") or u.startswith("#") for u in p.urls), [u[:40] for u in p.urls]
+    assert "default-src 'none'" in p.meta_csp and "script-src 'unsafe-inline'" in p.meta_csp
+    assert "connect-src" not in p.meta_csp
+    assert [s["type"] for s in p.scripts if s["type"] != "application/json"] == [""]  # the one inline script
+
+
+def test_hostile_names_are_escaped(tmp_path: Path) -> None:
+    write_results(tmp_path, "evil", name=EVIL, metrics={"accuracy": (0.5, True)}, classes=["<b>x</b>", "y", "z", EVIL],
+                  plots=True)
+    write_results(tmp_path, "ok", metrics={"accuracy": (0.6, True), '"><img src=x>': (1.0, True)}, seed=1, plots=True,
+                  method="erm")
+    html = render_report(load_results([tmp_path]), tmp_path / "r.html").read_text()
+    assert "<script>alert(1)" not in html and "<b>x</b>" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;x&lt;/b&gt;" in html
+    p = parse(html)
+    assert EVIL in p.row_names  # renders as text
+    assert p.umap_data[EVIL]["classes"][3] == EVIL  # JSON data round-trips; written into the page as text by the script
+    assert EVIL in p.section_models["embeddings"] and EVIL in p.section_models["ood"]
+    assert "\\u003cscript\\u003e" in html
+    md = render_markdown(load_results([tmp_path]))
+    assert "<script>" not in md and "&lt;script&gt;" in md
+
+
+def test_subsample_caption(results_root: Path, tmp_path: Path) -> None:
+    results = load_results([results_root / "a"])
+    html = render_report(results, tmp_path / "r.html", umap_kwargs={"max_points": 100, "seed": 7}).read_text()
+    n = 4 * N_PER_CLASS
+    assert f"100 of {n} test points (random subsample, seed 7)" in html
+    assert f"100 of {n} shown" in html  # the badge on the plot itself
+    assert parse(html).umap_data["a"]["n"] == 100
+
+
+def test_nonfinite_embeddings_render_a_note(tmp_path: Path) -> None:
+    d = write_results(tmp_path, "nan", metrics={"accuracy": (0.1, True)}, history=False)
+    emb = np.full((8, 4), np.nan, np.float32)
+    np.savez(d / "arrays.npz", embeddings=emb, labels=np.arange(8, dtype=np.int64) % 4)
+    html = render_report(load_results(str(d)), tmp_path / "r.html").read_text()
+    assert "UMAP skipped" in html and parse(html).umap_data == {}
+    assert 'class="curves"' not in html
+
+
+def test_unknown_umap_option(results_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(EmbedlabError, match="bogus"):
+        render_report(load_results([results_root / "a"]), tmp_path / "r.html", umap_kwargs={"bogus": 1})
+
+
+def test_run_metadata_table_reads_checkpoint_meta(results_root: Path, tmp_path: Path) -> None:
+    html = render_report(load_results([results_root]), tmp_path / "meta.html").read_text()
+    section = html[html.index('<section id="runs">'):html.index('<section id="provenance">')]
+    for text in ("method_a", "alpha=0.4", "cnn-gap", "blobs", "cpu_threads: 2", "torch 2.14.1", ">5<"):
+        assert text in section, text
+    assert '{"name"' not in section
+
+
+# --------------------------------------------------------------------------------------------- pieces
+
+
+def test_json_for_script_cannot_close_the_element() -> None:
+    text = json_for_script({"s": "</script><!-- & \u2028"})
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == {"s": "</script><!-- & \u2028"}
+
+
+def test_svg_helpers_escape() -> None:
+    chart = line_chart([Series("<a>", "#000", [(0, 1), (1, 2)], model="b&c")], xlabel="<x>", ylabel="y")
+    assert "<a>" not in chart and "&lt;a&gt;" in chart and 'data-model="b&amp;c"' in chart and "&lt;x&gt;" in chart
+    plane = labelled_scatter([LabelledPoint("<p>", "#123456", 1.0, 2.0, 0.1, None)], xlabel="u", ylabel="a")
+    assert "<p>" not in plane and "&lt;p&gt;" in plane
+    heat = confusion_heatmap(np.array([[3, 1], [0, 4]]), ["<i>", "j"], title="t")
+    assert "<i>" not in heat and "&lt;i&gt;" in heat and heat.count("<rect") == 5
+
+
+def test_confusion_counts_and_pooled_reliability() -> None:
+    logits = np.array([[2.0, 0, 0], [0, 2.0, 0], [0, 2.0, 0], [0, 0, 2.0]])
+    labels = np.array([0, 1, 0, 2])
+    assert confusion_counts(logits, labels, 3).tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    a = {"lower": [0, 0.5], "upper": [0.5, 1], "count": [2, 0], "confidence": [0.4, None], "accuracy": [0.5, None]}
+    b = {"lower": [0, 0.5], "upper": [0.5, 1], "count": [2, 4], "confidence": [0.2, 0.9], "accuracy": [1.0, 0.75]}
+    pooled = pool_reliability([a, b])
+    assert pooled is not None and pooled["count"] == [4, 4]
+    assert pooled["confidence"][0] == pytest.approx(0.3) and pooled["accuracy"][0] == pytest.approx(0.75)
+
+
+def test_png_bytes_roundtrip() -> None:
+    pytest.importorskip("PIL")
+    import io
+
+    from PIL import Image
+
+    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    back = np.asarray(Image.open(io.BytesIO(png_bytes(img))))
+    assert np.array_equal(back, img)
+
+
 # --------------------------------------------------------------------------------------------- umap
 
 
@@ -239,8 +656,8 @@ def test_umap_faiss_shape_determinism_separation(metric: str) -> None:
     from sklearn.neighbors import KNeighborsClassifier
 
     x, y = three_blobs()
-    c1, idx = umap_2d(x, metric=metric, use_faiss=True, seed=3)
-    c2, _ = umap_2d(x, metric=metric, use_faiss=True, seed=3)
+    c1, idx = umap_2d(x, metric=metric, use_faiss=True, seed=3, n_epochs=100)
+    c2, _ = umap_2d(x, metric=metric, use_faiss=True, seed=3, n_epochs=100)
     assert c1.shape == (len(x), 2) and c1.dtype == np.float32 and np.isfinite(c1).all()
     assert np.array_equal(idx, np.arange(len(x)))
     np.testing.assert_array_equal(c1, c2)
@@ -261,106 +678,27 @@ def test_knn_graph_self_first_and_distances() -> None:
 
 def test_umap_subsample_and_tiny_inputs() -> None:
     x, _ = three_blobs()
-    coords, idx = umap_2d(x, max_points=50, use_faiss=True)
+    coords, idx = umap_2d(x, max_points=50, use_faiss=True, n_epochs=50)
     assert coords.shape == (50, 2) and len(np.unique(idx)) == 50 and np.all(np.diff(idx) > 0)
-    _, idx2 = umap_2d(x, max_points=50, use_faiss=True)
+    _, idx2 = umap_2d(x, max_points=50, use_faiss=True, n_epochs=50)
     assert np.array_equal(idx, idx2)
     for n in (1, 2, 3, 5):
         c, i = umap_2d(x[:n], use_faiss=True)
         assert c.shape == (n, 2) and np.isfinite(c).all() and len(i) == n
 
 
-# --------------------------------------------------------------------------------------------- html
+def test_parallel_layouts_equal_sequential_ones() -> None:
+    from reports.umap_embed import auto_workers, umap_layouts
 
-
-def test_table_values_and_best(rendered: tuple[str, TableParser]) -> None:
-    _, p = rendered
-    for model, metrics in METRICS.items():
-        for key, (value, _) in metrics.items():
-            cell = p.cells[(model, key)]
-            assert float(cell["value"]) == value
-            assert cell["text"].strip() == format_sig(value)
-            assert abs(float(cell["text"]) - value) <= 5e-4 * abs(value)
-    # metric missing for b and c is shown as a dash with no value
-    for model in ("b", "c"):
-        assert p.cells[(model, "only_a")]["text"].strip() == "\u2013" and p.cells[(model, "only_a")]["value"] is None
-    assert p.cells[("a", "accuracy")]["text"].strip() == "0.9123"
-
-    best = {key: [m for m in METRICS if "best" in p.cells[(m, key)]["class"]] for key in ("accuracy", "alignment", "ece", "only_a")}
-    assert best == {"accuracy": ["b"], "alignment": ["c"], "ece": [], "only_a": []}
-
-
-def test_header_arrows(rendered: tuple[str, TableParser]) -> None:
-    html, _ = rendered
-    assert re.search(r'data-metric="accuracy"[^>]*>accuracy<span class="arrow"[^>]*>\u2191', html)
-    assert re.search(r'data-metric="alignment"[^>]*>alignment<span class="arrow"[^>]*>\u2193', html)
-    assert re.search(r'data-metric="ece"[^>]*>ece</th>', html)
-
-
-def test_umap_figures_and_legend(rendered: tuple[str, TableParser]) -> None:
-    html, p = rendered
-    assert p.circles == {m: 4 * N_PER_CLASS for m in METRICS}
-    for m in METRICS:
-        assert p.legends[m] == CLASSES
-    assert "<title>fish</title>" in html
-    assert "n_neighbors=10" in html
-
-
-def test_training_curves_present(rendered: tuple[str, TableParser]) -> None:
-    html, _ = rendered
-    assert html.count('<figure class="curves"') == 3
-    assert "train loss" in html and "val accuracy" in html and ">epoch<" in html
-
-
-def test_self_contained_no_external_urls(rendered: tuple[str, TableParser]) -> None:
-    html, p = rendered
-    assert "http://" not in html and "https://" not in html
-    assert not re.search(r"<script\b[^>]*\bsrc", html, re.I)
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*//""", html, re.I)
-    assert "url(" not in html and "@import" not in html
-    assert p.urls == []
-
-
-def test_hostile_names_are_escaped(tmp_path: Path) -> None:
-    evil = "<script>alert(1)</script>"
-    write_results(tmp_path, "evil", name=evil, metrics={"accuracy": (0.5, True)}, classes=["<b>x</b>", "y", "z", "w"])
-    write_results(tmp_path, "ok", metrics={"accuracy": (0.6, True), '"><img src=x>': (1.0, True)}, seed=1)
-    html = render_report(load_results([tmp_path]), tmp_path / "r.html").read_text()
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "<script" not in html
-    assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
-    assert "<img" not in html
-    p = parse(html)
-    assert set(p.circles) == {evil, "ok"}  # parser unescapes attribute values
-    md = render_markdown(load_results([tmp_path]))
-    assert "<script>" not in md
-
-
-def test_subsample_caption(results_root: Path, tmp_path: Path) -> None:
-    results = load_results([results_root / "a"])
-    html = render_report(results, tmp_path / "r.html", umap_kwargs={"max_points": 100, "seed": 7}).read_text()
-    n = 4 * N_PER_CLASS
-    assert f"showing 100 of {n} points (random subsample, seed 7)" in html
-    assert parse(html).circles == {"a": 100}
-
-
-def test_nonfinite_embeddings_render_a_note(tmp_path: Path) -> None:
-    d = write_results(tmp_path, "nan", metrics={"accuracy": (0.1, True)}, history=False)
-    emb = np.full((8, 4), np.nan, np.float32)
-    np.savez(d / "arrays.npz", embeddings=emb, labels=np.arange(8, dtype=np.int64) % 4)
-    html = render_report(load_results(str(d)), tmp_path / "r.html").read_text()
-    assert "UMAP skipped" in html and parse(html).circles == {"nan": 0}
-    assert 'class="curves"' not in html
-
-
-def test_unknown_umap_option(results_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(EmbedlabError, match="bogus"):
-        render_report(load_results([results_root / "a"]), tmp_path / "r.html", umap_kwargs={"bogus": 1})
-
-
-def test_svg_scatter_escapes_and_counts() -> None:
-    svg = svg_scatter(np.array([[0.0, 0.0], [1.0, 2.0]]), np.array([0, 1]), ["<a>", "b&c"], ["#000000", "#ffffff"])
-    assert svg.count("<circle") == 2 and "&lt;a&gt;" in svg and "b&amp;c" in svg and "<a>" not in svg
+    x, _ = three_blobs(40)
+    inputs = [x, x[::-1].copy()]
+    settings = {"n_neighbors": 10, "n_epochs": 30, "seed": 1}
+    sequential = umap_layouts(inputs, settings, workers=1)
+    parallel = umap_layouts(inputs, settings, workers=2)
+    for (c1, i1), (c2, i2) in zip(sequential, parallel):
+        np.testing.assert_array_equal(c1, c2)
+        np.testing.assert_array_equal(i1, i2)
+    assert auto_workers([10_000]) == 1 and auto_workers([100, 100]) == 1  # little work stays in this process
 
 
 # --------------------------------------------------------------------------------------------- markdown / format
@@ -370,9 +708,19 @@ def test_markdown_table(results_root: Path) -> None:
     md = render_markdown(load_results([results_root]))
     lines = md.strip().splitlines()
     assert lines[0].startswith("| model | accuracy \u2191 | alignment \u2193 | ece |")
-    rows = lines[2:]
-    assert len(rows) == 3 and [r.split("|")[1].strip() for r in rows] == ["a", "b", "c"]
+    rows = lines[2:5]
+    assert [r.split("|")[1].strip() for r in rows] == ["a", "b", "c"]
     assert "**0.9700**" in rows[1] and "**0.4123**" in rows[2] and "**" not in rows[0]
+
+
+def test_markdown_mean_std_over_seeds(seeded_root: Path) -> None:
+    md = render_markdown(load_results([seeded_root]))
+    assert "| model | seeds |" in md and "Mean \u00b1 sample standard deviation" in md
+    accs = [json.loads(f.read_text())["metrics"]["accuracy"]["value"] for f in sorted(seeded_root.glob("mm-seed*/results.json"))]
+    expected = format_stat(Stat(float(np.mean(accs)), float(np.std(accs, ddof=1)), 3))
+    row = next(line for line in md.splitlines() if line.startswith("| mm | 3 |"))
+    assert expected in row
+    assert "**OOD detection \u00b7 OOD set gaussian \u00b7 AUROC**" in md
 
 
 @pytest.mark.parametrize(
@@ -384,12 +732,21 @@ def test_format_sig(value: float, text: str) -> None:
     assert format_sig(value) == text
 
 
+@pytest.mark.parametrize(
+    "stat, text",
+    [(Stat(0.99167, 0.00123, 3), "0.9917 \u00b1 0.0012"), (Stat(12.0, 0.349, 2), "12.00 \u00b1 0.35"),
+     (Stat(0.5, None, 1), "0.5000"), (Stat(1.5e9, 2e7, 2), "1.500e+09 \u00b1 2.0e+07"), (None, "\u2013")],
+)
+def test_format_stat(stat: Stat | None, text: str) -> None:
+    assert format_stat(stat) == text
+
+
 def test_reports_does_not_import_torch_or_upper_layers() -> None:
     import subprocess
 
     code = (
-        "import sys, warnings, numpy as np, reports, reports.html as h, reports.umap_embed as u\n"
-        "u.knn_graph(np.random.default_rng(0).random((30, 4), dtype=np.float32), 5); h.class_palette(3)\n"
+        "import sys, warnings, numpy as np, reports, reports.html as h, reports.umap_embed as u, reports.svg as s\n"
+        "u.knn_graph(np.random.default_rng(0).random((30, 4), dtype=np.float32), 5); s.palette(12)\n"
         "warnings.simplefilter('ignore'); import umap\n"  # what umap_2d imports lazily
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'trainers', 'analyses')]\n"
         "assert not bad, bad\n"
@@ -397,10 +754,19 @@ def test_reports_does_not_import_torch_or_upper_layers() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
-def test_run_metadata_table_reads_checkpoint_meta(results_root: Path, tmp_path: Path) -> None:
-    out = render_report(load_results([results_root]), tmp_path / "meta.html")
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_report_html_md_and_force(results_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from embedlab.cli import main
+
+    write_study(results_root / "toy")
+    out = tmp_path / "r.html"
+    assert main(["report", str(results_root), "-o", str(out), "--umap-neighbors", "8", "--umap-epochs", "50"]) == 0
     html = out.read_text()
-    section = html[html.index("Runs"):html.index("Embedding space")] if "Embedding space" in html else html
-    for text in ("mixup", "alpha=0.4", "cnn-gap", "blobs"):
-        assert text in section, text
-    assert '{"name"' not in section
+    assert "Seed 002 studies" in html and "n_neighbors=8" in html and "n_epochs=50" in html
+    assert main(["report", str(results_root), "-o", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    md = tmp_path / "r.md"
+    assert main(["report", str(results_root), "-o", str(md), "--format", "md"]) == 0
+    assert md.read_text().startswith("| model |")

@@ -34,12 +34,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from embedlab.checkpoint import WEIGHTS, hardware, save_checkpoint, utc_now, versions, write_meta_json
-from embedlab.config import TrainConfig, config_diff
+from embedlab.config import TrainConfig, check_option_types, config_diff
 from embedlab.data import DataSource, collate_batched, create_dataset
 from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write_json, atomic_write_text
 from embedlab.methods import MixMethod, create_method
-from embedlab.models import EmbedNet, create_model
+from embedlab.models import MODELS, EmbedNet, create_model
 from trainers.distributed import (DistEnv, all_reduce_sum, average_buffers, gather_objects, resolve_device, setup)
 from trainers.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state, state_digest
 from trainers.tb_writer import EventLog
@@ -115,6 +115,8 @@ def build(cfg: TrainConfig) -> tuple[DataSource, EmbedNet, dict[str, Any]]:
     data = create_dataset(cfg.dataset, cfg.data_root, cfg.download, **cfg.dataset_options)
     info = data.info
     name = cfg.model or info.default_model
+    if ":" not in name:  # tv:NAME / timm:NAME options go to the external library as they are
+        check_option_types(MODELS.get(name).obj, cfg.model_options, f"model {name!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         try:

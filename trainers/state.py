@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,14 @@ def load_state(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise EmbedlabError(f"no training state {p} to resume from") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):  # it asks to run code
+            why = next((line.strip().rstrip(".") for line in str(e).splitlines() if "GLOBAL" in line),
+                       "it holds objects other than tensors and plain types")
+            raise EmbedlabError(f"refusing to load training state {p}: not a plain tensor file ({why}); embedlab "
+                                f"never runs code from a file") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EmbedlabError(f"cannot read training state {p}: {first}") from None
+        raise EmbedlabError(f"cannot read training state {p}: {first} (empty, truncated or not written by "
+                            f"embedlab train)") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("format_version", 0) > FORMAT_VERSION:
         raise EmbedlabError(f"{p} is not an embedlab training state this version can read")
     obj["config"] = json.loads(obj["config"])

@@ -147,10 +147,14 @@ def dense_weights(lam: Tensor, att: Tensor) -> Tensor:
     """Attention-weighted interpolation weights ``w_{k,i}^j = a_i^j λ_{k,i}^j / Σ_i a_i^j λ_{k,i}^j``.
 
     lam ``(n, r, m)`` Dirichlet rows over m (or unnormalised Gamma variates: the result is the same), att ``(m, r)``
-    → ``(n, r, m)``, convex over m at every (k, j).
+    → ``(n, r, m)``, convex over m at every (k, j). Where no example attends to position j (``a_i^j = 0`` for every
+    i, which CAM attention produces when the whole batch's class maps are negative there), the weights are ``λ_k^j``
+    normalised, as with uniform attention, so that every mixed target stays a probability vector.
     """
     w = lam * att.t().unsqueeze(0)  # (n, r, m)
-    return w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    total = w.sum(-1, keepdim=True)  # (n, r, 1)
+    tiny = torch.finfo(w.dtype).tiny
+    return torch.where(total > 0, w / total.clamp_min(tiny), lam / lam.sum(-1, keepdim=True).clamp_min(tiny))
 
 
 @register_method("dense_multimix", description="Dense MultiMix: per-position Dirichlet mixing of unpooled features, attention-weighted, dense loss")

@@ -1,0 +1,272 @@
+"""The summary tables: every metric of every model (mean ± std over seeds), organised by analysis.
+
+Layout. Metrics are placed by the analysis that produced them (``metric["analysis"]``):
+
+* analyses with few flat metrics (accuracy, kNN, alignment/uniformity, …) share one *Overview* table;
+* ``calibration``: one table before and one after temperature scaling (``*_ts``), same columns;
+* ``robustness``: one table per attack, one column per ε (``robust_acc/<attack>/eps=<ε>``);
+* ``ood`` / ``ood_logits``: one table per OOD set and metric, one column per score
+  (``ood/<set>/<score>/<metric>``), as OOD papers print them;
+* any other analysis: one table; a metric named ``a/b/c`` goes to table ``a/b``, column ``c``.
+
+The best value of each column (by mean over seeds) is marked using the metric's ``higher_is_better``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from reports.aggregate import Group, Stat, metric_stat
+
+MISSING = "\u2013"  # en dash shown for absent values
+ARROWS = {True: "\u2191", False: "\u2193", None: ""}
+OVERVIEW = "overview"
+OVERVIEW_MAX_METRICS = 4  # an analysis with at most this many flat metrics joins the overview table
+OOD_ANALYSES = ("ood", "ood_logits")
+SECTION_OF = {"ood_logits": "ood"}  # both OOD analyses write the same metric names: one section
+OOD_METRICS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR@95TPR"}
+OOD_CONVENTION = ("Scores are oriented so that a higher score means in-distribution (ID). AUROC and AUPR: higher is "
+                  "better; FPR@95TPR (false-positive rate on OOD data at 95 % true-positive rate on ID data): lower "
+                  "is better. The ID set is the model's test split.")
+SECTION_TITLES = {
+    OVERVIEW: "Overview", "calibration": "Calibration", "clustering": "Clustering",
+    "robustness": "Adversarial robustness", "ood": "OOD detection",
+    "embedding_mmlb": "Embedding-space MMLB",
+}
+SECTION_NOTES = {
+    "calibration": "Temperature T fitted by NLL on the validation split; every metric on the test split.",
+    "robustness": "Robust accuracy on a seeded test subset; L\u221e radii in multiples of 1/255, L2 radii in [0, 1] "
+                  "pixel units; clean examples that are misclassified count as non-robust.",
+    "ood": OOD_CONVENTION,
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One metric column: ``key`` is the metric's name in results.json, ``label`` what the header shows."""
+
+    key: str
+    label: str
+    higher_is_better: bool | None
+    description: str  # analysis and settings, for the header tooltip
+    settings_differ: bool = False
+
+    @property
+    def arrow(self) -> str:
+        return ARROWS[self.higher_is_better]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model's value in one column: ``stat`` is None when no seed of the model has the metric."""
+
+    stat: Stat | None
+    text: str
+    best: bool = False
+
+    @property
+    def value(self) -> float | None:
+        return None if self.stat is None else self.stat.mean
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    n_seeds: int
+    cells: list[Cell]
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str  # "" for a section's only/main table
+    columns: list[Column]
+    rows: list[Row] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str  # analysis name, or "overview"
+    title: str
+    tables: list[Table]
+    note: str = ""
+
+    @property
+    def n_metrics(self) -> int:
+        return sum(len(t.columns) for t in self.tables)
+
+
+# --------------------------------------------------------------------------------------------- formatting
+
+
+def format_sig(value: float, digits: int = 4) -> str:
+    """Format to ``digits`` significant digits, fixed-point for moderate magnitudes (``0.97 -> '0.9700'``)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "\u221e" if value > 0 else "-\u221e"
+    if value == 0:
+        return "0"
+    rounded = float(f"{value:.{digits - 1}e}")
+    exp = math.floor(math.log10(abs(rounded)))
+    if -4 <= exp < digits + 2:
+        return f"{rounded:.{max(0, digits - 1 - exp)}f}"
+    return f"{rounded:.{digits - 1}e}"
+
+
+def format_stat(stat: Stat | None) -> str:
+    """``mean`` to 4 significant digits, then ``± std`` to the same number of decimals (2 significant digits when
+    the mean is printed in exponent form): ``0.9917 ± 0.0012``. A single seed prints the value alone."""
+    if stat is None:
+        return MISSING
+    text = format_sig(stat.mean)
+    if stat.std is None:
+        return text
+    if not math.isfinite(stat.std):
+        return f"{text} \u00b1 NaN"
+    m = re.fullmatch(r"-?\d+(?:\.(\d+))?", text)
+    if m:
+        decimals = len(m.group(1) or "")
+        return f"{text} \u00b1 {stat.std:.{decimals}f}"
+    return f"{text} \u00b1 {stat.std:.1e}"
+
+
+# --------------------------------------------------------------------------------------------- layout
+
+
+def _describe(entry: Any) -> str:
+    if not isinstance(entry, Mapping):
+        return ""
+    analysis = str(entry.get("analysis") or "")
+    settings = entry.get("settings")
+    if isinstance(settings, Mapping) and settings:
+        text = ", ".join(f"{k}={v}" for k, v in settings.items())
+        return f"{analysis}: {text}" if analysis else text
+    return analysis
+
+
+def _analysis_of(entry: Any, key: str) -> str:
+    analysis = entry.get("analysis") if isinstance(entry, Mapping) else None
+    if isinstance(analysis, str) and analysis:
+        return analysis
+    return key.split("/")[0] if "/" in key else "other"
+
+
+def place(analysis: str, key: str) -> tuple[str, str]:
+    """``(table title, column label)`` of metric ``key`` within its analysis section ("" = the main table)."""
+    parts = key.split("/")
+    if analysis in OOD_ANALYSES and len(parts) == 4 and parts[0] == "ood":
+        _, ood_set, score, name = parts
+        set_label = "mean over OOD sets" if ood_set == "mean" else f"OOD set {ood_set}"
+        return f"{set_label} \u00b7 {OOD_METRICS.get(name, name)}", score
+    if analysis == "robustness" and key.startswith("robust_acc/") and len(parts) >= 3:
+        eps = "/".join(parts[2:]).replace("eps=", "\u03b5 = ")
+        return f"robust accuracy \u00b7 {parts[1]}", eps
+    if analysis == "calibration":
+        if key == "temperature":
+            return "after temperature scaling", key
+        if key.endswith("_ts"):
+            return "after temperature scaling", key[: -len("_ts")]
+        return "before temperature scaling", key
+    if len(parts) > 1:
+        return "/".join(parts[:-1]), parts[-1]
+    return "", key
+
+
+def summary_sections(groups: Sequence[Group]) -> list[Section]:
+    """Every metric of every group, organised as described in the module doc; sections in first-seen order."""
+    keys: list[str] = []
+    entries: dict[str, list[Any]] = {}
+    run_settings: dict[str, list[str]] = {}  # metric -> the user's settings of its analysis, per run
+    for g in groups:
+        for m in g.members:
+            settings = m.results.get("settings") if isinstance(m.results.get("settings"), Mapping) else {}
+            for k, e in m.metrics.items():
+                if k not in entries:
+                    keys.append(k)
+                    entries[k] = []
+                    run_settings[k] = []
+                entries[k].append(e)
+                run_settings[k].append(json.dumps(settings.get(_analysis_of(e, k)), sort_keys=True, default=str))
+    by_analysis: dict[str, list[str]] = {}
+    for k in keys:
+        by_analysis.setdefault(_analysis_of(entries[k][0], k), []).append(k)
+
+    section_of = {}
+    for analysis, ks in by_analysis.items():
+        flat = all(place(analysis, k)[0] == "" for k in ks)
+        small = flat and len(ks) <= OVERVIEW_MAX_METRICS and analysis not in SECTION_NOTES
+        section_of[analysis] = OVERVIEW if small else SECTION_OF.get(analysis, analysis)
+
+    layout: dict[str, dict[str, list[tuple[str, str]]]] = {}  # section -> table title -> [(key, label)]
+    for analysis, ks in by_analysis.items():
+        tables = layout.setdefault(section_of[analysis], {})
+        for k in ks:
+            title, label = place(analysis, k)
+            tables.setdefault(title, []).append((k, label))
+
+    sections = []
+    for sec, tables in layout.items():
+        built = [_table(title, [_column(k, label, entries[k], len(set(run_settings[k])) > 1) for k, label in cols],
+                        groups)
+                 for title, cols in tables.items()]
+        sections.append(Section(sec, SECTION_TITLES.get(sec, sec), built, SECTION_NOTES.get(sec, "")))
+    # the overview first: it holds the headline numbers
+    sections.sort(key=lambda s: s.key != OVERVIEW)
+    return sections
+
+
+def _column(key: str, label: str, entries: list[Any], settings_differ: bool) -> Column:
+    """``settings_differ``: the runs were analysed with different user settings (``results.json["settings"]``)."""
+    dirs = {e.get("higher_is_better") for e in entries if isinstance(e, Mapping)}
+    direction = dirs.pop() if len(dirs) == 1 else None
+    direction = direction if isinstance(direction, bool) else None
+    descriptions = list(dict.fromkeys(_describe(e) for e in entries))
+    description = " | ".join(d for d in descriptions[:3] if d) + (" | …" if len(descriptions) > 3 else "")
+    return Column(key, label, direction, f"{key} — {description}" if description else key, settings_differ)
+
+
+def _shown(x: float) -> float:
+    """The value as printed (4 significant digits): bests are compared at the precision the reader sees."""
+    return float(format_sig(x)) if math.isfinite(x) and x != 0 else x
+
+
+def _table(title: str, columns: list[Column], groups: Sequence[Group]) -> Table:
+    stats = [[metric_stat(g, c.key) for c in columns] for g in groups]
+    rows = [Row(g.name, g.n, []) for g in groups]
+    for j, col in enumerate(columns):
+        means = [_shown(s[j].mean) for s in stats if s[j] is not None and math.isfinite(s[j].mean)]
+        best = None
+        if col.higher_is_better is not None and len(means) >= 2:
+            best = max(means) if col.higher_is_better else min(means)
+        for i, row in enumerate(rows):
+            st = stats[i][j]
+            is_best = best is not None and st is not None and math.isfinite(st.mean) and _shown(st.mean) == best
+            row.cells.append(Cell(st, format_stat(st), is_best))
+    return Table(title, columns, rows)
+
+
+# --------------------------------------------------------------------------------------------- markdown
+
+
+def md_escape(text: str) -> str:
+    """Escape text for a Markdown table cell (pipes, emphasis/code markers, raw HTML, newlines)."""
+    text = " ".join(str(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for ch in ("\\", "|", "*", "`", "[", "]"):
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def markdown_table(table: Table, *, seeds_column: bool) -> list[str]:
+    header = ["model"] + (["seeds"] if seeds_column else [])
+    header += [f"{md_escape(c.label)} {c.arrow}".rstrip() for c in table.columns]
+    align = "|---|" + ("---:|" if seeds_column else "") + "---:|" * len(table.columns)
+    lines = ["| " + " | ".join(header) + " |", align]
+    for row in table.rows:
+        vals = [f"**{c.text}**" if c.best else c.text for c in row.cells]
+        lead = [md_escape(row.name)] + ([str(row.n_seeds)] if seeds_column else [])
+        lines.append("| " + " | ".join(lead + vals) + " |")
+    return lines
