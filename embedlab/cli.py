@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from embedlab.config import TrainConfig, parse_assignments
+from embedlab.config import TrainConfig, auto_type, parse_assignments
 from embedlab.errors import EmbedlabError
 
 DEMO_METHODS = ("erm", "mixup", "manifold_mixup", "multimix", "dense_multimix")
@@ -77,9 +77,9 @@ def _train_config(a: argparse.Namespace, saved: dict[str, Any] | None = None) ->
             base[key] = {**base.get(key, {}), **parse_assignments(items, f"--{key.split('_')[0]}-opt")}
     base = apply_assignments(base, a.set, "--set")
     if "dataset_options" in base:
-        base["dataset_options"] = {k: _auto_type(v) for k, v in base["dataset_options"].items()}
+        base["dataset_options"] = {k: auto_type(v) for k, v in base["dataset_options"].items()}
     if "model_options" in base:
-        base["model_options"] = {k: _auto_type(v) for k, v in base["model_options"].items()}
+        base["model_options"] = {k: auto_type(v) for k, v in base["model_options"].items()}
     if a.mix_layer:
         base["method_options"] = {**base.get("method_options", {}), **_mix_layer_option(base.get("method", "erm"),
                                                                                         a.mix_layer)}
@@ -99,22 +99,6 @@ def _mix_layer_option(method: str, layer: str) -> dict[str, str]:
         if key in fields:
             return {key: layer}
     raise EmbedlabError(f"--mix-layer: method {method!r} does not mix hidden states (it has no layers option)")
-
-
-def _auto_type(v: Any) -> Any:
-    """Dataset/model options come as strings from the CLI: read ints, floats, booleans and int lists."""
-    if not isinstance(v, str):
-        return v
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    if "," in v:
-        return tuple(_auto_type(p) for p in v.split(","))
-    return v
 
 
 def _check_new_run(out: Path, force: bool, resume: bool = False) -> None:
@@ -177,7 +161,7 @@ def cmd_analyze(a: argparse.Namespace) -> int:
         analysis, dot, name = key.partition(".")
         if not dot or not name:
             raise EmbedlabError(f"--opt: expected ANALYSIS.KEY=VALUE, got {key}={value}")
-        settings.setdefault(analysis, {})[name] = _auto_type(value)
+        settings.setdefault(analysis, {})[name] = auto_type(value)
     ood = [s.strip() for s in a.ood.split(",") if s.strip()] if a.ood else None
     for m in a.models:
         out = analyze_path(m, a.out, analyses=chosen, cache_dir=a.cache_dir, device=_device(a.device),
