@@ -5,7 +5,7 @@ hits all of them alike; the figure is the median over rounds and the ratio to ER
 
     python benchmarks/method_step_time.py --model preact-resnet18 --batch-size 128 --rounds 7
     python benchmarks/method_step_time.py --model cnn-gap --batch-size 128 --rounds 15
-    python benchmarks/method_step_time.py --device cuda --model preact-resnet18 --rounds 50
+    python benchmarks/method_step_time.py --device cuda --bf16 --model preact-resnet18 --rounds 50
 
 MultiMix-family methods are timed with p = 1 (every step uses the method, not its input-mixup fallback) and
 ConfMix without warm-up, so each row measures the method itself.
@@ -38,6 +38,7 @@ def main() -> int:
     ap.add_argument("--methods", default="all", help="comma-separated, or all")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast, as the trainer does on CUDA")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
     if a.threads:
@@ -68,7 +69,8 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = m.loss(model, x, y, gen)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=a.bf16):
+            loss = m.loss(model, x, y, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -90,10 +92,11 @@ def main() -> int:
         rows.append({"method": n, "median_s": med, "ratio_to_erm": med / base, "space": method_metadata(n)["space"],
                      "options": {k: v for k, v in ALWAYS_ON.get(n, {}).items()}})
     env = {"model": a.model, "batch_size": a.batch_size, "input": [3, a.size, a.size], "device": str(device),
+           "bf16": a.bf16,
            "threads": torch.get_num_threads(), "rounds": a.rounds, "torch": torch.__version__,
            "cpu": platform.processor() or platform.machine()}
     print(f"\n{a.model}, b={a.batch_size}, {a.size}×{a.size}, {device}, {torch.get_num_threads()} threads, "
-          f"median of {a.rounds} rounds\n")
+          f"{'bf16 autocast, ' if a.bf16 else ''}median of {a.rounds} rounds\n")
     print("| method | space | median step (s) | × ERM |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['space']} | {r['median_s']:.4f} | {r['ratio_to_erm']:.3f} |")

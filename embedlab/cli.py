@@ -275,7 +275,8 @@ def cmd_study(a: argparse.Namespace) -> int:
         if v not in VARIANTS:
             raise EmbedlabError(f"unknown ConfMix-study variant {v!r}; known: {'; '.join(VARIANTS)}")
     seeds = tuple(int(s) for s in a.seeds.split(","))
-    res = run_confmix_study(cfg, out, seeds=seeds, variants=variants, progress=not a.no_progress)
+    res = run_confmix_study(cfg, out, seeds=seeds, variants=variants, half_life=a.half_life, warmup=a.warmup,
+                            progress=not a.no_progress)
     print(markdown_table(res))
     print(f"wrote {out / 'confmix.json'}")
     return 0
@@ -459,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--subset", type=_positive_int, help="confmix: train on a seeded subset of this many images")
     st.add_argument("--seeds", default="0,1,2", help="confmix: comma-separated seeds")
     st.add_argument("--variants", help="confmix: ';'-separated variant names (default: all; the baseline always runs)")
+    st.add_argument("--half-life", type=_positive_float,
+                    help="confmix: half-life H of the α schedules in epochs (default: epochs/2, the paper's 25 at 50)")
+    st.add_argument("--warmup", type=_nonneg_int,
+                    help="confmix: ERM epochs M before ConfMix mixes (default: max(1, round(epochs/10)), the "
+                         "paper's 5 at 50)")
     st.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -32,6 +32,11 @@ def test_confmix_study_end_to_end(tmp_path, capsys):
     meta = json.loads((out / "runs" / "input-ConfMix-seed1" / "meta.json").read_text())
     assert meta["method"]["name"] == "confmix" and meta["config"]["seed"] == 1
     assert meta["dataset"]["train_subset"] == 300
+    # a 2-epoch study scales seed 002's time constants (H = 25, M = 5 at 50 epochs): H = 1, M = 1
+    assert (res["half_life"], res["warmup"]) == (1.0, 1)
+    assert meta["method"]["options"]["warmup"] == 1
+    sched = json.loads((out / "runs" / "manifold-mixup-alpha-0to1-seed0" / "meta.json").read_text())
+    assert sched["method"]["options"]["half_life"] == 1.0 and res["rows"][2]["options"]["half_life"] == 1.0
     assert "| input ConfMix |" in capsys.readouterr().out
     # a second run reuses the finished runs: no training, same weights, same results
     weights = (out / "runs" / "input-ConfMix-seed1" / "model.safetensors").read_bytes()
@@ -44,3 +49,13 @@ def test_confmix_study_end_to_end(tmp_path, capsys):
 def test_unknown_variant(tmp_path, capsys):
     assert main(["study", "confmix", "--recipe", "digits", "--variants", "magic", "--out", str(tmp_path)]) == 2
     assert "unknown ConfMix-study variant 'magic'" in capsys.readouterr().err
+
+
+def test_time_constants_follow_the_paper_at_50_epochs():
+    from trainers.studies.confmix import scaled_time_constants, variant_options
+
+    assert scaled_time_constants(50) == (25.0, 5)
+    assert scaled_time_constants(10) == (5.0, 1)
+    assert variant_options("input ConfMix", 25.0, 5) == {"variant": "input", "warmup": 5}
+    assert variant_options("input mixup α=0.5", 25.0, 5) == {"alpha": 0.5, "per_sample": True}
+    assert variant_options("input mixup α 1→0", 7.0, 5)["half_life"] == 7.0

@@ -2,8 +2,9 @@
 
 Variants (each trained with the ``cifar10-small-cnn`` recipe unless overridden): the ERM baseline, and for input
 mixing and manifold mixing "immediately before the first fully connected layer" (depth 2 of ``small-cnn``): mixup
-with α = 0.5, ConfMix, ½-ConfMix, and mixup with the exponential α schedules 0→1 and 1→0 (half-life 25 epochs,
+with α = 0.5, ConfMix, ½-ConfMix, and mixup with the exponential α schedules 0→1 and 1→0 (half-life H = 25 epochs,
 α_max = 1). Mixup uses one λ per pair, as seed 002 does (§3.3). ConfMix is turned on after M = 5 ERM epochs.
+A shortened study (fewer than 50 epochs) scales H and M with the epoch budget unless they are given.
 Reported: test accuracy per variant (mean ± std over seeds) and its change over the baseline (mean ± std of the
 per-seed paired differences; the baseline of seed s is trained with seed s).
 """
@@ -58,22 +59,44 @@ def test_accuracy(ckpt: Path, device: str) -> float:
     return evaluate(model, make_loader(data.split("test"), 500, shuffle=False), torch.device(device))["accuracy"]
 
 
+def variant_options(name: str, half_life: float, warmup: int) -> dict[str, Any]:
+    """The method options of a variant with the study's time constants: ``half_life`` for the α schedules,
+    ``warmup`` (ERM epochs before mixing) for ConfMix."""
+    method, opts = VARIANTS[name]
+    opts = dict(opts)
+    if "alpha_schedule" in opts:
+        opts["half_life"] = half_life
+    if method == "confmix":
+        opts["warmup"] = warmup
+    return opts
+
+
+def scaled_time_constants(epochs: int) -> tuple[float, int]:
+    """Seed 002's time constants scaled to an epoch budget: half-life 25 and warmup M = 5 at 50 epochs, i.e.
+    ``H = epochs / 2`` and ``M = max(1, round(epochs / 10))``, so that a shortened study keeps the schedules' shape."""
+    return epochs / 2, max(1, round(epochs / 10))
+
+
 def run_confmix_study(base: TrainConfig, out_dir: str | Path, *, seeds: tuple[int, ...] = (0, 1, 2),
-                      variants: list[str] | None = None, progress: bool = True,
-                      log: Callable[[str], None] = print) -> dict[str, Any]:
+                      variants: list[str] | None = None, half_life: float | None = None, warmup: int | None = None,
+                      progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every variant for every seed from ``base`` (method fields replaced), evaluate on test, write
-    ``out_dir/confmix.json``. Finished runs (a run directory with ``model.safetensors`` whose config matches) are
-    reused, so an interrupted study continues where it stopped."""
+    ``out_dir/confmix.json``. ``half_life``/``warmup`` default to :func:`scaled_time_constants` of ``base.epochs``
+    (the paper's 25 and 5 at 50 epochs). Finished runs (a run directory with ``model.safetensors`` whose config
+    matches) are reused, so an interrupted study continues where it stopped."""
     from trainers import train
 
     out = Path(out_dir)
     names = variants or list(VARIANTS)
     if BASELINE not in names:
         names = [BASELINE, *names]
+    default_h, default_m = scaled_time_constants(base.epochs)
+    half_life = default_h if half_life is None else half_life
+    warmup = default_m if warmup is None else warmup
     t0 = time.perf_counter()
     acc: dict[str, dict[int, float]] = {n: {} for n in names}
     for name in names:
-        method, opts = VARIANTS[name]
+        method, opts = VARIANTS[name][0], variant_options(name, half_life, warmup)
         for seed in seeds:
             cfg = dataclasses.replace(base, method=method, method_options=dict(opts), seed=seed)
             run = out / "runs" / f"{_slug(name)}-seed{seed}"
@@ -84,14 +107,16 @@ def run_confmix_study(base: TrainConfig, out_dir: str | Path, *, seeds: tuple[in
     for name in names:
         vals = [acc[name][s] for s in seeds]
         diffs = [acc[name][s] - acc[BASELINE][s] for s in seeds]
-        rows.append({"variant": name, "method": VARIANTS[name][0], "options": VARIANTS[name][1],
+        rows.append({"variant": name, "method": VARIANTS[name][0],
+                     "options": variant_options(name, half_life, warmup),
                      "test_accuracy_mean": statistics.fmean(vals),
                      "test_accuracy_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                      "change_over_baseline_mean": statistics.fmean(diffs),
                      "change_over_baseline_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
                      "per_seed": {str(s): acc[name][s] for s in seeds}})
     result = {"kind": KIND, "study": "confmix", "schema_version": 1, "created_utc": utc_now(),
-              "config": dataclasses.asdict(base), "seeds": list(seeds), "rows": rows,
+              "config": dataclasses.asdict(base), "seeds": list(seeds), "half_life": half_life,
+              "warmup": warmup, "rows": rows,
               "summary": {r["variant"]: {"accuracy": f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f}",
                                          "change": f"{100 * r['change_over_baseline_mean']:+.2f} ± "
                                                    f"{100 * r['change_over_baseline_std']:.2f} pp"} for r in rows},
