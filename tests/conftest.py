@@ -16,6 +16,17 @@ def _few_threads():
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models and many small kernels gain nothing from a second intra-op thread, and on a busy 2-core machine two
+    spinning OpenMP threads slowed such tests many-fold."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 

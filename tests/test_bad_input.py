@@ -32,12 +32,7 @@ from trainers import STATE_FILE
 TRAIN_ARGS = ["--epochs", "1", "--model-opt", "width=4", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _error(capsys, *argv) -> str:

@@ -4,14 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from embedlab.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_confmix_study_end_to_end(tmp_path, capsys):

@@ -19,12 +19,7 @@ from trainers.loop import evaluate, make_loader
 EPOCHS = 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_torchrun_two_processes_gloo(tmp_path):

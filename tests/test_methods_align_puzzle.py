@@ -21,14 +21,7 @@ from embedlab.methods import puzzlemix as pm  # noqa: E402
 NAMES = ("alignmix", "puzzlemix")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests run many tiny kernels (Sinkhorn, ICM, swaps): one thread avoids the synchronisation cost that
-    # dominates small ops, and the oversubscription stalls seen on a busy 2-core CI machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed: int = 0, name: str = "cnn-gap"):

@@ -26,14 +26,7 @@ def _ids(v):
     return name + "".join(f"-{k}" for k in opts)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tensors here are tiny: a second intra-op thread only adds synchronisation, which costs ~10 ms an op when the
-    # two cores are shared with other work.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed: int = 0):

@@ -22,14 +22,7 @@ from embedlab.store import Extracted
 C, D = 4, 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tensors here are tiny: on a loaded 2-core machine, 2 intra-op threads spend ~100× longer synchronising
-    # than computing (a cnn-gap forward on 12 8×8 images: ~0.3 s vs 0.5 ms).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ synthetic data

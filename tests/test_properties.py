@@ -34,12 +34,7 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 seeds = st.integers(0, 2**31 - 1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -20,12 +20,7 @@ ARGS = ["train", "--epochs", "3", "--method", "multimix", "-O", "n=100", "--dete
 KILL_STEP = 25
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _embedlab(*argv: str, **env: str) -> subprocess.Popen:

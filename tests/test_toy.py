@@ -24,13 +24,7 @@ from trainers.studies.toy_depth import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these tests run many tiny products; on a loaded 2-core machine a second thread only adds waiting
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _grid(lim: float = 2.0, n: int = 61) -> np.ndarray:

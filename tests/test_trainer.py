@@ -15,13 +15,7 @@ from embedlab.config import TrainConfig
 from trainers import load_state, state_digest, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # digits-sized convolutions: one thread is fastest, and two spin-wait badly on a busy 2-core machine
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _NaNAt:
