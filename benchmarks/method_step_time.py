@@ -13,13 +13,12 @@ ConfMix without warm-up, so each row measures the method itself.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
-import time
 
 import torch
+from common import dump, round_robin, sgd_step
 
 from embedlab.methods import METHODS, create_method, method_metadata
 from embedlab.models import create_model
@@ -65,26 +64,13 @@ def main() -> int:
         m.on_epoch_start(1, 1)
         methods[n] = m
 
-    def step(m) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=a.bf16):
-            loss = m.loss(model, x, y, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+    def loss_fn(m):
+        def run() -> torch.Tensor:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=a.bf16):
+                return m.loss(model, x, y, gen)
+        return run
 
-    times: dict[str, list[float]] = {n: [] for n in methods}
-    for r in range(a.warmup + a.rounds):
-        for n, m in methods.items():
-            t = step(m)
-            if r >= a.warmup:
-                times[n].append(t)
-        print(f"round {r + 1}/{a.warmup + a.rounds}", file=sys.stderr, flush=True)
+    times = round_robin({n: sgd_step(opt, loss_fn(m)) for n, m in methods.items()}, device, a.warmup, a.rounds)
     base = statistics.median(times["erm"])
     rows = []
     for n, ts in times.items():
@@ -100,9 +86,7 @@ def main() -> int:
     print("| method | space | median step (s) | × ERM |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['space']} | {r['median_s']:.4f} | {r['ratio_to_erm']:.3f} |")
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump({"env": env, "rows": rows}, fh, indent=2)
+    dump(a.json, env, rows)
     return 0
 
 

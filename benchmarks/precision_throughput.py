@@ -13,15 +13,12 @@ channels_last when it is on, forward + backward + SGD step, synchronised on CUDA
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import platform
 import statistics
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
+from common import dump, round_robin, sgd_step
 
 from embedlab.models import create_model
 
@@ -60,27 +57,14 @@ def main() -> int:
             xin = x.contiguous(memory_format=torch.channels_last) if cl else x
             runs[name + ("+compile" if comp else "")] = (fwd, opt, xin, bf16)
 
-    def step(fwd, opt, xin, bf16) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            loss = F.cross_entropy(fwd(xin).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+    def loss_fn(fwd, xin, bf16):
+        def run() -> torch.Tensor:
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                return F.cross_entropy(fwd(xin).float(), y)
+        return run
 
-    times: dict[str, list[float]] = {n: [] for n in runs}
-    for r in range(a.warmup + a.rounds):
-        for n, run in runs.items():
-            t = step(*run)
-            if r >= a.warmup:
-                times[n].append(t)
-        print(f"round {r + 1}/{a.warmup + a.rounds}", file=sys.stderr, flush=True)
+    times = round_robin({n: sgd_step(opt, loss_fn(fwd, xin, bf16)) for n, (fwd, opt, xin, bf16) in runs.items()},
+                        device, a.warmup, a.rounds)
     base = statistics.median(times["fp32"])
     rows = [{"config": n, "median_s": statistics.median(ts), "images_per_s": a.batch_size / statistics.median(ts),
              "speedup_vs_fp32": base / statistics.median(ts)} for n, ts in times.items()]
@@ -92,9 +76,7 @@ def main() -> int:
     print("| configuration | median step (s) | images/s | × fp32 |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['median_s']:.4f} | {r['images_per_s']:.0f} | {r['speedup_vs_fp32']:.2f} |")
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump({"env": env, "rows": rows}, fh, indent=2)
+    dump(a.json, env, rows)
     return 0
 
 
