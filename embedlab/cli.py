@@ -269,6 +269,11 @@ def cmd_study(a: argparse.Namespace) -> int:
     if a.subset:
         changes["dataset_options"] = {**cfg.dataset_options, "train_subset": a.subset}
     cfg = dataclasses.replace(cfg, **changes)
+    if a.set:
+        from embedlab.config import TrainConfig, apply_assignments
+
+        cfg = TrainConfig.from_dict(apply_assignments(dataclasses.asdict(cfg), a.set, "--set"), "study confmix",
+                                    strict=True)
     cfg.validate("study confmix")
     variants = [v.strip() for v in a.variants.split(";")] if a.variants else None
     for v in variants or []:
@@ -460,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--subset", type=_positive_int, help="confmix: train on a seeded subset of this many images")
     st.add_argument("--seeds", default="0,1,2", help="confmix: comma-separated seeds")
     st.add_argument("--variants", help="confmix: ';'-separated variant names (default: all; the baseline always runs)")
+    st.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="confmix: set any training config key over the recipe and flags (repeatable), as in "
+                         "`embedlab train --set`: e.g. num_workers=1, lr=0.0005; method keys are set per variant")
     st.add_argument("--half-life", type=_positive_float,
                     help="confmix: half-life H of the α schedules in epochs (default: epochs/2, the paper's 25 at 50)")
     st.add_argument("--warmup", type=_nonneg_int,

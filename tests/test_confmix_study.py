@@ -14,7 +14,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_confmix_study_end_to_end(tmp_path, capsys):
     out = tmp_path / "study"
     argv = ["study", "confmix", "--recipe", "digits", "--epochs", "2", "--subset", "300", "--seeds", "0,1",
-            "--variants", "input ConfMix;manifold mixup α 0→1", "--out", str(out), "--device", "cpu", "--no-progress"]
+            "--variants", "input ConfMix;manifold mixup α 0→1", "--out", str(out), "--device", "cpu", "--no-progress",
+            "--set", "lr=0.002", "--set", "num_workers=0"]
     assert main(argv) == 0
     res = json.loads((out / "confmix.json").read_text())
     assert res["kind"] == "embedlab.study" and res["seeds"] == [0, 1]
@@ -29,6 +30,7 @@ def test_confmix_study_end_to_end(tmp_path, capsys):
     meta = json.loads((out / "runs" / "input-ConfMix-seed1" / "meta.json").read_text())
     assert meta["method"]["name"] == "confmix" and meta["config"]["seed"] == 1
     assert meta["dataset"]["train_subset"] == 300
+    assert (meta["config"]["lr"], meta["config"]["num_workers"], res["config"]["lr"]) == (0.002, 0, 0.002)
     # a 2-epoch study scales seed 002's time constants (H = 25, M = 5 at 50 epochs): H = 1, M = 1
     assert (res["half_life"], res["warmup"]) == (1.0, 1)
     assert meta["method"]["options"]["warmup"] == 1
@@ -41,6 +43,11 @@ def test_confmix_study_end_to_end(tmp_path, capsys):
     assert "is complete (2 epochs); nothing to resume" in capsys.readouterr().out
     assert (out / "runs" / "input-ConfMix-seed1" / "model.safetensors").read_bytes() == weights
     assert json.loads((out / "confmix.json").read_text())["rows"] == res["rows"]
+
+
+def test_bad_set_is_one_line(tmp_path, capsys):
+    assert main(["study", "confmix", "--recipe", "digits", "--set", "epoch=3", "--out", str(tmp_path)]) == 2
+    assert "--set: unknown option(s) epoch" in capsys.readouterr().err
 
 
 def test_unknown_variant(tmp_path, capsys):
