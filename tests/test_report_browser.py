@@ -177,14 +177,17 @@ class Chromium:
 
 
 def start_browser() -> Chromium:
+    """A started headless browser; the test skips without one, unless ``EMBEDLAB_REQUIRE_BROWSER=1`` (set by CI
+    once it has installed Chromium), where a missing or broken browser fails the test instead."""
+    miss = pytest.fail if os.environ.get("EMBEDLAB_REQUIRE_BROWSER") == "1" else pytest.skip
     binary = find_browser()
     if binary is None:
-        pytest.skip("no headless Chromium/Chrome found (apt-get install chromium, or set EMBEDLAB_CHROMIUM)")
+        miss("no headless Chromium/Chrome found (apt-get install chromium, or set EMBEDLAB_CHROMIUM)")
     try:
         browser = Chromium(binary)
         browser.send("Browser.getVersion", session=False)
     except (BrowserError, OSError) as e:
-        pytest.skip(f"{binary} could not be started headless: {e}")
+        miss(f"{binary} could not be started headless: {e}")
     return browser
 
 
