@@ -59,3 +59,17 @@ def test_torchrun_two_processes_gloo(tmp_path):
     model, _ = load_model(out)
     val = make_loader(create_dataset("digits").split("val"), 512, shuffle=False)
     assert evaluate(model, val, torch.device("cpu"))["accuracy"] == pytest.approx(history[-1]["val_accuracy"])
+
+
+def test_torchrun_method_statistics_are_averaged_over_processes(tmp_path):
+    out, dump = tmp_path / "run", tmp_path / "dump"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "embedlab",
+           "train", "--device", "cpu", "--epochs", "1", "--method", "confmix", "-O", "warmup=0",
+           "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "EMBEDLAB_TEST_DUMP_DIR": str(dump)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    local = [json.loads((dump / f"rank{r}.json").read_text())["epochs"][0]["local_method_stats"] for r in (0, 1)]
+    (h,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert local[0]["confmix_alpha"] != local[1]["confmix_alpha"]  # each rank saw its own shard
+    assert h["confmix_alpha"] == pytest.approx((local[0]["confmix_alpha"] + local[1]["confmix_alpha"]) / 2)

@@ -298,6 +298,36 @@ def test_confmix_warmup_is_erm_then_mixes():
     assert not torch.allclose(m.loss(model, x, y, torch.Generator().manual_seed(0)), F.cross_entropy(model(x), y))
 
 
+def test_confmix_epoch_stats_are_the_mean_confidence_alpha_of_the_epoch():
+    model = _model()
+    x, y = _batch()
+    m = create_method("confmix", {"warmup": 1, "half": True})
+    m.on_epoch_start(1, 10)
+    m.loss(model, x, y, torch.Generator().manual_seed(0))
+    assert m.epoch_stats() == {}  # ERM warm-up: nothing mixed, nothing logged
+    m.on_epoch_start(2, 10)
+    per_batch = []
+    for xb, yb in [(x, y), (x[:5] * 3, y[:5])]:
+        model.eval()  # by hand: α_i = K/(K−1)(max p − 1/K) of the model in eval mode, before ½ halves it
+        with torch.no_grad():
+            p = torch.softmax(model(xb), -1).max(-1).values
+        k = model.num_classes
+        per_batch.append(float((k / (k - 1) * (p - 1 / k)).clamp(1e-3, 1).mean()))
+        model.train()  # the training forward inside loss() moves BatchNorm's running statistics
+        m.loss(model, xb, yb, torch.Generator().manual_seed(0))
+    assert m.epoch_stats()["confmix_alpha"] == pytest.approx(sum(per_batch) / 2, rel=1e-5)
+    m.on_epoch_start(3, 10)
+    assert m.epoch_stats() == {}
+
+
+def test_scheduled_alpha_is_logged_and_constant_alpha_is_not():
+    m = create_method("mixup", {"alpha": 1.0, "alpha_schedule": "0->1", "half_life": 2.0})
+    m.on_epoch_start(3, 10)  # t = 2 epochs done: α = 1 − 2^(−2/2)
+    assert m.epoch_stats() == {"alpha": pytest.approx(0.5)}
+    assert create_method("mixup", {"alpha": 0.4}).epoch_stats() == {}
+    assert create_method("erm", {}).epoch_stats() == {}
+
+
 def test_confmix_manifold_variant_mixes_before_last_stage():
     model = _model()
     m = create_method("confmix", {"variant": "manifold", "warmup": 0})

@@ -78,6 +78,17 @@ def test_seeds_write_one_run_each_with_tensorboard_events(tmp_path, capsys):
         got = [(e.step, e.value) for e in acc.Scalars("val/accuracy")]
         assert got == [(h["epoch"], pytest.approx(h["val_accuracy"], rel=1e-6)) for h in history]
     assert len(digests) == 2  # different seeds, different models
+    # a method's own statistics go to metrics.jsonl and TensorBoard (method/…)
+    run = tmp_path / "cm"
+    assert main(["train", "--method", "confmix", "-O", "warmup=1", "--epochs", "2", "--out", str(run),
+                 "--no-progress"]) == 0
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "confmix_alpha" not in history[0] and 1e-3 <= history[1]["confmix_alpha"] <= 1
+    (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("method/confmix_alpha")] == [
+        (2, pytest.approx(history[1]["confmix_alpha"], rel=1e-6))]
     assert main(["train", "--seed", "1", "--seeds", "0,1", "--out", str(tmp_path / "x")]) == 2
     assert "either --seed or --seeds" in capsys.readouterr().err
     assert main(["train", "--seeds", "0,3", "--epochs", "1", "--out", str(out), "--no-progress"]) == 2

@@ -372,10 +372,11 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device, *, p
                 local_val = _eval_sums(model, val_loader, device, prep, autocast)
                 correct, count, val_loss_sum = all_reduce_sum(local_val.clone(), env).tolist()
                 local_log[-1]["local_val_correct"], local_log[-1]["local_val_count"] = local_val[:2].tolist()
+                local_log[-1]["local_method_stats"] = local_stats = method.epoch_stats()
                 val_acc = correct / count if count else None
                 rec = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": val_acc,
                        "val_loss": val_loss_sum / count if count else None, "lr": opt.param_groups[0]["lr"],
-                       "seconds": time.perf_counter() - t0}
+                       **_mean_over_processes(local_stats, env, device), "seconds": time.perf_counter() - t0}
                 meta["history"].append(rec)
                 meta["epoch"] = epoch
                 improved = val_acc is None or best is None or val_acc > best
@@ -403,6 +404,15 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device, *, p
             log(f"{cfg.method}: best val accuracy {acc} (epoch {b['epoch']}), "
                 f"last {'n/a' if last is None else f'{last:.4f}'} → {out / WEIGHTS}")
     return out / WEIGHTS
+
+
+def _mean_over_processes(stats: dict[str, float], env: DistEnv, device: torch.device) -> dict[str, float]:
+    """Each value averaged over processes (a collective: every rank calls it with the same keys)."""
+    if not env.enabled or not stats:
+        return stats
+    keys = sorted(stats)
+    t = all_reduce_sum(torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device), env)
+    return {k: float(v) / env.world_size for k, v in zip(keys, t.tolist())}
 
 
 def _check_losses(chunk: Tensor, env: DistEnv, epoch: int, first_step: int, meta: dict[str, Any],

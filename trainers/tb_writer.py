@@ -32,9 +32,9 @@ class EventLog:
     def epoch(self, rec: dict[str, Any]) -> None:
         if self._w is None:
             return
-        for key, tag in _TAGS.items():
-            if rec.get(key) is not None:
-                self._w.add_scalar(tag, rec[key], rec["epoch"])
+        for key, value in rec.items():
+            if key != "epoch" and isinstance(value, (int, float)):  # the method's statistics under method/
+                self._w.add_scalar(_TAGS.get(key, f"method/{key}"), value, rec["epoch"])
         self._w.flush()
 
     def close(self) -> None:

@@ -100,6 +100,13 @@ class MixMethod:
     def loss(self, model: EmbedNet, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
         raise NotImplementedError
 
+    def epoch_stats(self) -> dict[str, float]:
+        """Per-epoch statistics of the mixing, logged with the epoch's metrics (called after the epoch's last
+        step). Base: the current α when it follows a schedule (key ``alpha``); otherwise nothing."""
+        if isinstance(self.opts, AlphaOptions) and self.opts.alpha_schedule != "constant" and self.alpha is not None:
+            return {"alpha": float(self.alpha)}
+        return {}
+
     def options_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.opts)
 

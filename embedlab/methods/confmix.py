@@ -62,6 +62,8 @@ class ConfMix(MixMethod):
     def __init__(self, options: ConfMixOptions) -> None:
         super().__init__(options)
         self.active = options.warmup == 0
+        self._alpha_sum: Tensor | None = None  # Σ of the batch means of α_i this epoch (stays on the device)
+        self._alpha_steps = 0
 
     def check_model(self, model: EmbedNet) -> None:
         if self.opts.variant == "manifold":
@@ -74,6 +76,14 @@ class ConfMix(MixMethod):
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.active = epoch > self.opts.warmup
+        self._alpha_sum, self._alpha_steps = None, 0
+
+    def epoch_stats(self) -> dict[str, float]:
+        """``confmix_alpha``: mean over the epoch's steps of the mean confidence α_i (before ½-ConfMix halves it);
+        seed 002 §4.3 reports α ~ 0.2 early in training and ~1 later. Absent during the ERM warm-up."""
+        if self._alpha_sum is None or self._alpha_steps == 0:
+            return {}
+        return {"confmix_alpha": float(self._alpha_sum) / self._alpha_steps}
 
     def loss(self, model: EmbedNet, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
         if not self.active:
@@ -83,6 +93,9 @@ class ConfMix(MixMethod):
             model.eval()
             alpha = confmix_alpha(torch.softmax(model(x).float(), dim=-1), self.opts.epsilon)  # (b,)
             model.train(was_training)
+        batch_alpha = alpha.mean()
+        self._alpha_sum = batch_alpha if self._alpha_sum is None else self._alpha_sum + batch_alpha
+        self._alpha_steps += 1
         if self.opts.half:
             alpha = alpha / 2
         b = x.shape[0]
