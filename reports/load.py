@@ -25,7 +25,7 @@ RESULTS_FILENAME = "results.json"
 RESULTS_KIND = "embedlab.analysis"
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 STUDY_KIND = "embedlab.study"
-STUDY_FILENAMES = ("toy_depth.json",)  # study files recognised by name (toy_depth.json carries no "kind")
+STUDY_FILENAMES = ("toy_depth.json", "confmix.json")  # study files recognised by name inside a directory
 THUMBNAIL_CHANNELS = (1, 3, 4)
 MAX_FIGURE_BYTES = 8 << 20  # a study figure larger than this is not embedded
 
@@ -193,7 +193,8 @@ def _find_in(path: Path) -> tuple[list[Path], list[Path]]:
     found = [sub / RESULTS_FILENAME for sub in subdirs if (sub / RESULTS_FILENAME).is_file()]
     found_studies = [f for sub in subdirs for f in _study_files_in(sub)]
     if not found and not found_studies:
-        raise EmbedlabError(f"no {RESULTS_FILENAME} found in {path} or its immediate subdirectories")
+        raise EmbedlabError(f"no {RESULTS_FILENAME} or study file ({', '.join(STUDY_FILENAMES)}) found in {path} "
+                            "or its immediate subdirectories")
     return found, found_studies
 
 

@@ -3,7 +3,8 @@
 The toy-depth study (``trainers/studies/toy_depth.py``) is read through its summary layout: ``all`` /
 ``by_mmlb_quartile`` / ``by_K`` blocks of ``{"excess_risk_pct": {method: {mean, ci95, n}}, "diff_to_baseline_pct":
 …}`` and ``corr_mmlb_bayes_risk``. Any other study (``"kind": "embedlab.study"``) gets a generic two-column table of
-its ``summary`` flattened to dotted keys.
+its ``summary`` flattened to dotted keys, except the ConfMix study (``trainers/studies/confmix.py``, ``"study":
+"confmix"``): its per-variant ``rows`` as one table (with per-seed accuracies) and an SVG chart of α per epoch.
 """
 from __future__ import annotations
 
@@ -89,6 +90,54 @@ def _toy_depth_tables(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     return tables
 
 
+def _confmix_tables(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Seed 002 §4 (``trainers/studies/confmix.py``): accuracy, paired change over the baseline, and per seed."""
+    rows = [r for r in data.get("rows") or [] if isinstance(r, Mapping)]
+    seeds = [str(s) for s in data.get("seeds") or []]
+    if not rows:
+        return []
+
+    def pp(mean: Any, std: Any) -> str:
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (mean, std))
+        return f"{100 * mean:+.2f} ± {100 * std:.2f}" if ok else MISSING
+
+    body = []
+    for r in rows:
+        per_seed = r.get("per_seed") if isinstance(r.get("per_seed"), Mapping) else {}
+        body.append([str(r.get("variant", "?")),
+                     f"{_num(r.get('test_accuracy_mean'), 4)} ± {_num(r.get('test_accuracy_std'), 4)}",
+                     pp(r.get("change_over_baseline_mean"), r.get("change_over_baseline_std"))]
+                    + [_num(per_seed.get(sd), 4) for sd in seeds])
+    return [_table("Test accuracy per variant", ["variant", "test accuracy (mean ± std)",
+                                                 "change over baseline (pp)"] + [f"seed {sd}" for sd in seeds], body,
+                   "Change: mean ± std over seeds of the paired difference to the baseline trained with the "
+                   "same seed; test accuracy of the last epoch.")]
+
+
+def _confmix_charts(data: Mapping[str, Any]) -> list[dict[str, str]]:
+    """α per epoch (mean over seeds) of every variant that logged one: ConfMix's confidence α, or a schedule."""
+    rows = [r for r in data.get("rows") or [] if isinstance(r, Mapping) and isinstance(r.get("alpha_per_epoch"),
+                                                                                       Mapping)]
+    series = []
+    colors = svg.palette(max(len(rows), 1))
+    for r, color in zip(rows, colors):
+        by_epoch: dict[float, list[float]] = {}
+        for curve in r["alpha_per_epoch"].values():
+            for point in curve if isinstance(curve, list) else []:
+                if isinstance(point, list) and len(point) == 2 and all(isinstance(v, (int, float)) for v in point):
+                    by_epoch.setdefault(float(point[0]), []).append(float(point[1]))
+        pts = [(e, sum(v) / len(v)) for e, v in sorted(by_epoch.items())]
+        name = str(r.get("variant", "?"))
+        series.append(svg.Series(name, color, pts, model=name, markers=len(pts) <= 20))
+    if not series:
+        return []
+    chart = svg.line_chart(series, xlabel="epoch", ylabel="α", title="α per epoch (mean over seeds)",
+                           ylim=(0.0, 1.0), integer_x=True, width=560, height=280)
+    return [{"svg": chart, "legend": [(s.name, s.color) for s in series],
+             "caption": "ConfMix: mean confidence \u03b1_i of the epoch (seed 002 \u00a74.3 saw \u03b1 ~ 0.2 early "
+                        "and ~1 later); schedules: the scheduled \u03b1."}]
+
+
 def _p(v: Any) -> str:
     return f"{v:.2g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else MISSING
 
@@ -109,21 +158,33 @@ def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
 def study_section(study: StudyResult) -> dict[str, Any]:
     """Title, facts, tables and embedded figures of one study."""
     data, summary = study.data, study.summary
-    tables = _toy_depth_tables(summary) if summary else []
+    confmix = data.get("study") == "confmix"
+    tables = _confmix_tables(data) if confmix else (_toy_depth_tables(summary) if summary else [])
     if summary and not tables:
         rows = [[k, v] for k, v in _flatten(summary)[:MAX_GENERIC_ROWS]]
         tables = [_table("Summary", ["key", "value"], rows)]
     facts = []
     config = data.get("config") if isinstance(data.get("config"), Mapping) else {}
     for key in ("realisations_per_k", "ks", "epochs", "n_train", "n_test", "seed"):
-        if key in config:
+        if key in config and not (confmix and key == "seed"):  # ConfMix: the seeds are listed below
             facts.append((key, json.dumps(config[key]) if not isinstance(config[key], str) else config[key]))
     for key in ("units", "ci_method"):
         if isinstance(summary.get(key), str):
             facts.append((key.replace("_", " "), summary[key]))
+    if confmix:
+        ds = config.get("dataset_options") if isinstance(config.get("dataset_options"), Mapping) else {}
+        for key, value in (("dataset", config.get("dataset")), ("training images", ds.get("train_subset", "all")),
+                           ("model", config.get("model")), ("batch size", config.get("batch_size")),
+                           ("optimizer", f"{config.get('optimizer')} lr {config.get('lr')}"),
+                           ("seeds", ", ".join(str(x) for x in data.get("seeds") or [])),
+                           ("α half-life H (epochs)", data.get("half_life")),
+                           ("ConfMix warm-up M (epochs)", data.get("warmup"))):
+            if value is not None:
+                facts.append((key, str(value)))
     timing = data.get("timing") if isinstance(data.get("timing"), Mapping) else {}
-    if isinstance(timing.get("wall_s"), (int, float)):
-        facts.append(("wall time", f"{timing['wall_s']:.0f} s"))
+    wall = timing.get("wall_s", data.get("seconds"))
+    if isinstance(wall, (int, float)) and not isinstance(wall, bool):
+        facts.append(("wall time", f"{wall:.0f} s"))
     figures = []
     for name, path in study.figures.items():
         try:
@@ -135,4 +196,8 @@ def study_section(study: StudyResult) -> dict[str, Any]:
         uri = svg.data_uri(raw)
         figures.append({"name": name.replace("_", " "), "uri": uri})
     title = data.get("study") if isinstance(data.get("study"), str) else study.name
-    return {"title": title, "path": str(study.path), "facts": facts, "tables": tables, "figures": figures}
+    if confmix:
+        title = "ConfMix against fixed and scheduled \u03b1 (seed 002 \u00a74)"
+    charts = _confmix_charts(data) if confmix else []
+    return {"title": title, "path": str(study.path), "facts": facts, "tables": tables, "figures": figures,
+            "charts": charts}

@@ -37,6 +37,29 @@ def test_confmix_study_end_to_end(tmp_path, capsys):
     sched = json.loads((out / "runs" / "manifold-mixup-alpha-0to1-seed0" / "meta.json").read_text())
     assert sched["method"]["options"]["half_life"] == 1.0 and res["rows"][2]["options"]["half_life"] == 1.0
     assert "| input ConfMix |" in capsys.readouterr().out
+    # α per epoch: ConfMix's mean confidence after the warm-up epoch; the 0→1 schedule α = 1 − 2^(−t/H), t = epoch − 1
+    assert "alpha_per_epoch" not in base
+    for seed in ("0", "1"):
+        logged = [json.loads(line) for line in
+                  (out / "runs" / f"input-ConfMix-seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+        assert res["rows"][1]["alpha_per_epoch"][seed] == [[2, logged[1]["confmix_alpha"]]]
+        assert 1e-3 <= logged[1]["confmix_alpha"] <= 1
+        assert res["rows"][2]["alpha_per_epoch"][seed] == [[1, 0.0], [2, 0.5]]
+    # the report renders the study as its own section: the table's numbers are the file's, α per epoch as a chart
+    from reports import load_report_inputs, render_report
+
+    inputs = load_report_inputs([out])
+    assert inputs.results == [] and [st.path for st in inputs.studies] == [out / "confmix.json"]
+    html = render_report([], tmp_path / "r.html", studies=inputs.studies).read_text()
+    assert "ConfMix against fixed and scheduled" in html
+    for r in res["rows"]:
+        assert f"{r['test_accuracy_mean']:.4f} \u00b1 {r['test_accuracy_std']:.4f}" in html
+        assert (f"{100 * r['change_over_baseline_mean']:+.2f} \u00b1 {100 * r['change_over_baseline_std']:.2f}"
+                in html)
+        assert all(f'<td class="num">{v:.4f}</td>' in html for v in r["per_seed"].values())
+    assert '<g class="series-group" data-model="input ConfMix">' in html
+    assert '<g class="series-group" data-model="manifold mixup α 0→1">' in html
+    assert 'data-model="baseline (ERM)"' not in html  # no α, no line
     # a second run reuses the finished runs: no training, same weights, same results
     weights = (out / "runs" / "input-ConfMix-seed1" / "model.safetensors").read_bytes()
     assert main(argv) == 0

@@ -325,7 +325,7 @@ def test_load_missing_path(tmp_path: Path) -> None:
 
 def test_load_no_results_json(tmp_path: Path) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    with pytest.raises(EmbedlabError, match="no results.json found"):
+    with pytest.raises(EmbedlabError, match=r"no results.json or study file \(toy_depth.json, confmix.json\) found"):
         load_results([tmp_path / "empty"])
 
 
@@ -475,6 +475,30 @@ def test_study_section(seeded_html: tuple[str, ReportParser]) -> None:
     assert "Q4 [0.40, 0.45]" in html and "K = 3" in html
     figures = [u for u in p.urls if u.startswith("data:image/png;base64,")]
     assert any(base64.b64decode(u.split(",", 1)[1]).startswith(b"\x89PNG") for u in figures)
+
+
+def test_confmix_study_section_escapes_and_tolerates_missing_fields(tmp_path: Path) -> None:
+    evil = "<script>alert(1)</script>"
+    data = {"kind": "embedlab.study", "study": "confmix", "seeds": [0, 1], "half_life": 25.0, "warmup": 5,
+            "config": {"dataset": "cifar10", "model": "small-cnn", "epochs": 50, "batch_size": 250,
+                       "optimizer": "adam", "lr": 0.001, "dataset_options": {}},
+            "rows": [{"variant": "baseline (ERM)", "test_accuracy_mean": 0.6, "test_accuracy_std": 0.01,
+                      "change_over_baseline_mean": 0.0, "change_over_baseline_std": 0.0,
+                      "per_seed": {"0": 0.59, "1": 0.61}},
+                     {"variant": evil, "test_accuracy_mean": 0.62, "test_accuracy_std": 0.02,
+                      "change_over_baseline_mean": 0.02, "change_over_baseline_std": 0.005,
+                      "per_seed": {"0": 0.6}, "alpha_per_epoch": {"0": [[6, 0.2], [7, 0.5]], "1": [[6, 0.4], "x"]}}],
+            "seconds": 3600.4}
+    path = tmp_path / "confmix.json"
+    path.write_text(json.dumps(data))
+    inputs = load_report_inputs([tmp_path])
+    html = render_report([], tmp_path / "r.html", studies=inputs.studies).read_text()
+    assert evil not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "0.6200 \u00b1 0.0200" in html and "+2.00 \u00b1 0.50" in html and "3600 s" in html
+    assert '<td class="num">0.6000</td><td class="num">\u2013</td>' in html  # seed 1 missing: a dash
+    assert "<dt>training images</dt><dd>all</dd>" in html and "<dt>ConfMix warm-up M (epochs)</dt><dd>5</dd>" in html
+    # α chart: the mean over seeds per epoch (epoch 6: (0.2 + 0.4) / 2), the malformed point ignored
+    assert re.search(r"<title>&lt;script&gt;alert\(1\)&lt;/script&gt;: 6, 0\.3</title>", html)
 
 
 def test_report_of_only_a_study(tmp_path: Path) -> None:

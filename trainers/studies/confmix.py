@@ -6,11 +6,13 @@ with α = 0.5, ConfMix, ½-ConfMix, and mixup with the exponential α schedules 
 α_max = 1). Mixup uses one λ per pair, as seed 002 does (§3.3). ConfMix is turned on after M = 5 ERM epochs.
 A shortened study (fewer than 50 epochs) scales H and M with the epoch budget unless they are given.
 Reported: test accuracy per variant (mean ± std over seeds) and its change over the baseline (mean ± std of the
-per-seed paired differences; the baseline of seed s is trained with seed s).
+per-seed paired differences; the baseline of seed s is trained with seed s), and per run the α of each epoch
+(ConfMix: the mean confidence α_i, which seed 002 §4.3 saw rise from ~0.2 to ~1; schedules: the scheduled α).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import time
 from pathlib import Path
@@ -71,6 +73,24 @@ def variant_options(name: str, half_life: float, warmup: int) -> dict[str, Any]:
     return opts
 
 
+ALPHA_KEYS = ("confmix_alpha", "alpha")  # per-epoch α logged by the methods (MixMethod.epoch_stats)
+
+
+def alpha_curve(run_dir: Path) -> list[list[float]]:
+    """``[[epoch, α], …]`` from a run's ``metrics.jsonl``: ConfMix's mean confidence α or a scheduled α
+    (empty for ERM, a constant α, and ConfMix's warm-up epochs)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    curve: list[list[float]] = []
+    if not path.is_file():
+        return curve
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        value = next((rec[k] for k in ALPHA_KEYS if isinstance(rec.get(k), (int, float))), None)
+        if value is not None:
+            curve.append([rec["epoch"], float(value)])
+    return curve
+
+
 def scaled_time_constants(epochs: int) -> tuple[float, int]:
     """Seed 002's time constants scaled to an epoch budget: half-life 25 and warmup M = 5 at 50 epochs, i.e.
     ``H = epochs / 2`` and ``M = max(1, round(epochs / 10))``, so that a shortened study keeps the schedules' shape."""
@@ -95,6 +115,7 @@ def run_confmix_study(base: TrainConfig, out_dir: str | Path, *, seeds: tuple[in
     warmup = default_m if warmup is None else warmup
     t0 = time.perf_counter()
     acc: dict[str, dict[int, float]] = {n: {} for n in names}
+    curves: dict[str, dict[str, list[list[float]]]] = {n: {} for n in names}
     for name in names:
         method, opts = VARIANTS[name][0], variant_options(name, half_life, warmup)
         for seed in seeds:
@@ -103,6 +124,8 @@ def run_confmix_study(base: TrainConfig, out_dir: str | Path, *, seeds: tuple[in
             log(f"[confmix study] {name}, seed {seed}")
             ckpt = train(cfg, run, progress=progress, log=log, resume=True)
             acc[name][seed] = test_accuracy(ckpt, base.device if base.device != "auto" else "cpu")
+            if curve := alpha_curve(run):
+                curves[name][str(seed)] = curve
     rows = []
     for name in names:
         vals = [acc[name][s] for s in seeds]
@@ -113,7 +136,8 @@ def run_confmix_study(base: TrainConfig, out_dir: str | Path, *, seeds: tuple[in
                      "test_accuracy_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                      "change_over_baseline_mean": statistics.fmean(diffs),
                      "change_over_baseline_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-                     "per_seed": {str(s): acc[name][s] for s in seeds}})
+                     "per_seed": {str(s): acc[name][s] for s in seeds},
+                     **({"alpha_per_epoch": curves[name]} if curves[name] else {})})
     result = {"kind": KIND, "study": "confmix", "schema_version": 1, "created_utc": utc_now(),
               "config": dataclasses.asdict(base), "seeds": list(seeds), "half_life": half_life,
               "warmup": warmup, "rows": rows,
