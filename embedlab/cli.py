@@ -187,9 +187,7 @@ def cmd_report(a: argparse.Namespace) -> int:
         raise EmbedlabError(f"{out} already exists; choose another -o or pass --force to overwrite")
     inputs = load_report_inputs(a.results)
     if a.format == "md":
-        if not inputs.results:
-            raise EmbedlabError("--format md needs analysis results (results.json); only study results were found")
-        atomic_write_text(out, render_markdown(inputs.results))
+        atomic_write_text(out, render_markdown(inputs.results, inputs.studies))
     else:
         render_report(inputs.results, out, title=a.title, studies=inputs.studies, workers=a.workers or None,
                       umap_kwargs={"n_neighbors": a.umap_neighbors, "min_dist": a.umap_min_dist, "seed": a.seed,
@@ -415,13 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = add("report", cmd_report, "write a self-contained comparative HTML report",
             "Read results written by `embedlab analyze` (results dirs, results.json files, or parent folders) and "
-            "study results (a folder holding toy_depth.json, or a JSON file with \"kind\": \"embedlab.study\"), and "
+            "study results (a folder holding toy_depth.json or confmix.json, or a JSON file with \"kind\": "
+            "\"embedlab.study\"), and "
             "write one self-contained HTML file (no network requests when opened) or Markdown tables. Runs that "
             "differ only by their training seed are shown as one model, mean ± std over seeds.")
     r.add_argument("results", nargs="+", metavar="RESULTS",
                    help="results directories, results.json files, study folders or files, or their parent folder")
     r.add_argument("-o", "--output", required=True, help="output file")
-    r.add_argument("--format", choices=("html", "md"), default="html", help="HTML report or Markdown summary tables")
+    r.add_argument("--format", choices=("html", "md"), default="html", help="HTML report or Markdown summary tables (with the studies' tables)")
     r.add_argument("--title", default="embedlab report", help="report title")
     r.add_argument("--umap-neighbors", type=_positive_int, default=15, help="UMAP n_neighbors (same for all models)")
     r.add_argument("--umap-min-dist", type=_nonneg_float, default=0.1, help="UMAP min_dist")

@@ -234,24 +234,37 @@ def render_report(
     return out
 
 
-def render_markdown(results: Sequence[ModelResult]) -> str:
+def render_markdown(results: Sequence[ModelResult], studies: Sequence[StudyResult] = ()) -> str:
     """Markdown summary tables (as in the HTML report): one row per model, mean ± std over seeds, the best value of
-    each column in **bold**, arrows for the direction. Sections and sub-tables get a bold title line."""
-    if not results:
+    each column in **bold**, arrows for the direction. Sections and sub-tables get a bold title line. Then each
+    study's tables, as in the report's study section."""
+    if not results and not studies:
         raise EmbedlabError("no results to report")
-    groups = group_results(results)
-    sections = summary_sections(groups)
-    seeds_column = any(g.n > 1 for g in groups)
     lines: list[str] = []
-    for sec in sections:
-        multi = len(sections) > 1
-        for table in sec.tables:
-            heading = " \u00b7 ".join(t for t in ((sec.title if multi else ""), table.title) if t)
+    if results:
+        groups = group_results(results)
+        sections = summary_sections(groups)
+        seeds_column = any(g.n > 1 for g in groups)
+        for sec in sections:
+            multi = len(sections) > 1
+            for table in sec.tables:
+                heading = " \u00b7 ".join(t for t in ((sec.title if multi else ""), table.title) if t)
+                if lines:
+                    lines.append("")
+                if heading:
+                    lines += [f"**{md_escape(heading)}**", ""]
+                lines += markdown_table(table, seeds_column=seeds_column)
+        if seeds_column:
+            lines += ["", "Mean \u00b1 sample standard deviation over seeds (ddof = 1)."]
+    for study in studies:
+        sec = study_section(study)
+        for table in sec["tables"]:
             if lines:
                 lines.append("")
-            if heading:
-                lines += [f"**{md_escape(heading)}**", ""]
-            lines += markdown_table(table, seeds_column=seeds_column)
-    if seeds_column:
-        lines += ["", "Mean \u00b1 sample standard deviation over seeds (ddof = 1)."]
+            lines += [f"**{md_escape(sec['title'])} \u00b7 {md_escape(table['caption'])}**", ""]
+            lines.append("| " + " | ".join(md_escape(h) for h in table["header"]) + " |")
+            lines.append("|" + "|".join(["---"] + ["---:"] * (len(table["header"]) - 1)) + "|")
+            lines += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in table["rows"]]
+            if table["note"]:
+                lines += ["", md_escape(table["note"])]
     return "\n".join(lines) + "\n"

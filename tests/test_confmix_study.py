@@ -60,6 +60,10 @@ def test_confmix_study_end_to_end(tmp_path, capsys):
     assert '<g class="series-group" data-model="input ConfMix">' in html
     assert '<g class="series-group" data-model="manifold mixup α 0→1">' in html
     assert 'data-model="baseline (ERM)"' not in html  # no α, no line
+    assert main(["report", str(out), "--format", "md", "-o", str(tmp_path / "study.md")]) == 0
+    md = (tmp_path / "study.md").read_text()
+    for r in res["rows"]:
+        assert f"| {r['variant']} | {r['test_accuracy_mean']:.4f} \u00b1 {r['test_accuracy_std']:.4f} |" in md
     # a second run reuses the finished runs: no training, same weights, same results
     weights = (out / "runs" / "input-ConfMix-seed1" / "model.safetensors").read_bytes()
     assert main(argv) == 0

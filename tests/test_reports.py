@@ -499,6 +499,9 @@ def test_confmix_study_section_escapes_and_tolerates_missing_fields(tmp_path: Pa
     assert "<dt>training images</dt><dd>all</dd>" in html and "<dt>ConfMix warm-up M (epochs)</dt><dd>5</dd>" in html
     # α chart: the mean over seeds per epoch (epoch 6: (0.2 + 0.4) / 2), the malformed point ignored
     assert re.search(r"<title>&lt;script&gt;alert\(1\)&lt;/script&gt;: 6, 0\.3</title>", html)
+    md = render_markdown([], inputs.studies)
+    assert "| &lt;script&gt;alert(1)&lt;/script&gt; | 0.6200 \u00b1 0.0200 | +2.00 \u00b1 0.50 | 0.6000 | \u2013 |" in md
+    assert "| baseline (ERM) | 0.6000 \u00b1 0.0100 | +0.00 \u00b1 0.00 | 0.5900 | 0.6100 |" in md
 
 
 def test_report_of_only_a_study(tmp_path: Path) -> None:
