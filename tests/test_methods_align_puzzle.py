@@ -61,13 +61,17 @@ def test_loss_finite_and_every_parameter_gets_a_gradient(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_seeded_generator_makes_loss_deterministic(name):
-    x, y = _batch()
+    # Smooth images: on pixel noise every block boundary is expensive, Puzzle Mix's masks come out constant (all
+    # x_0 or all x_1) and its loss equals the ERM loss for every seed up to float rounding.
+    g = torch.Generator().manual_seed(123)
+    x = F.interpolate(torch.rand(12, 3, 4, 4, generator=g), size=16, mode="bilinear", align_corners=False)
+    y = torch.randint(0, 10, (12,), generator=g)
     losses = []
-    for seed in (5, 5, 0, 1):
+    for seed in (5, 5, 0, 1, 3):
         method = base.create_method(name)
         losses.append(float(method.loss(_model().train(), x, y, torch.Generator().manual_seed(seed)).detach()))
     assert losses[0] == losses[1]
-    assert len(set(losses)) > 1
+    assert max(losses) - min(losses) > 1e-3  # the seed changes the mix, far beyond rounding
 
 
 def test_targets_are_probability_vectors():
