@@ -19,6 +19,7 @@ from trainers.studies.toy_depth import (
     _Mixer,
     draw_schedule,
     init_params,
+    resolve_precision,
     run_toy_depth,
     train_reference,
 )
@@ -212,6 +213,17 @@ def test_config_rejects_bad_values():
         ToyTrainConfig(depths=(None, 4))
 
 
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    import trainers.studies.toy_depth as td
+
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(td, "cpu_has_native_bf16", lambda native=native: native)
+        assert resolve_precision("auto") == expected
+        assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16")
+
+
 # ------------------------------------------------------------------------------------------------ study
 def test_study_end_to_end_and_resume(tmp_path):
     kw = dict(realisations_per_k=2, ks=(2, 3), epochs=1, n_train=100, n_test=500, mmlb_pairs=500, progress=False,
@@ -240,6 +252,7 @@ def test_study_end_to_end_and_resume(tmp_path):
         assert (tmp_path / f).stat().st_size > 1000
     assert "decision_boundaries" in on_disk["figures"]
     assert not (tmp_path / "toy_depth.partial.json").exists()
+    assert on_disk["config"]["train"]["precision"] == on_disk["timing"]["precision"] == resolve_precision("auto")
 
     # resume: a partial file with the first K done is picked up, the rest recomputed identically
     from embedlab.io import atomic_write_json

@@ -47,6 +47,26 @@ METHOD_LABELS = {"baseline": "Baseline", "mixup_k0": "Mixup 0", "mixup_k1": "Mix
 PRECISIONS = ("fp32", "bf16")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX tiles or AVX512-BF16), as PyTorch reports it.
+
+    Elsewhere (e.g. AVX2-only CPUs) bfloat16 products are emulated: a (50×512)·(512×512) batched product, the
+    study's hidden layer, ran at 1.3 GFLOP/s in bf16 against 35 in fp32 on a 2-core AVX2 AMD EPYC, 27× slower
+    (``benchmarks/toy_depth_step.py``).
+    """
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu, torch ≥ 2.3
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_precision(precision: str) -> str:
+    """``"auto"`` → ``"bf16"`` where :func:`cpu_has_native_bf16`, else ``"fp32"``; ``"fp32"``/``"bf16"`` as given."""
+    if precision == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto or one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 @dataclass(frozen=True)
 class ToyTrainConfig:
     """How each toy MLP is trained (seed 002 §3.3). ``depths[j]`` is method j's mixing depth (None: no mixup).
@@ -569,7 +589,7 @@ def _versions() -> dict[str, str]:
 
 def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4, 5), epochs: int = 20,
                   seed: int = 0, n_train: int = 1000, n_test: int = 20000, mmlb_pairs: int = 20_000,
-                  out_dir: str | os.PathLike, progress: bool = True, precision: str = "bf16",
+                  out_dir: str | os.PathLike, progress: bool = True, precision: str = "auto",
                   chunk_datasets: int = 4, threads: int | None = None, resume: bool = True,
                   boundary_dataset: tuple[int, int] | None = None,
                   hidden: tuple[int, ...] = (512, 512, 512), compile: bool = True) -> dict[str, Any]:
@@ -585,6 +605,9 @@ def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4
     sets ``torch.set_num_threads`` for the run (restored afterwards). ``boundary_dataset`` = (K, r) whose decision
     boundaries are drawn (default: the first realisation of the second K, or of the only K). ``hidden``: the hidden
     widths (seed 002: three layers of 512; narrower only for quick tests, and at least 3 layers for ``mixup_k3``).
+    ``precision``: ``"bf16"`` (hidden-to-hidden layers in bfloat16, see :class:`ToyTrainConfig`), ``"fp32"``, or
+    ``"auto"``: bf16 on CPUs with native bfloat16 matrix units, fp32 elsewhere (:func:`resolve_precision`); the
+    resolved value is recorded in ``config.train.precision``.
     ``compile``: fuse the Adam update with ``torch.compile`` (about 2× faster updates; needs a C++ compiler, falls
     back to eager with a warning; the first call compiles for up to a minute, later runs reuse inductor's cache).
 
@@ -595,6 +618,7 @@ def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4
     ks = tuple(int(k) for k in ks)
     if realisations_per_k < 1 or not ks or min(ks) < 2:
         raise ValueError(f"need realisations_per_k >= 1 and every K >= 2, got {realisations_per_k}, {ks}")
+    precision = resolve_precision(precision)
     cfg = ToyTrainConfig(hidden=tuple(int(h) for h in hidden), epochs=epochs, precision=precision)
     if n_train < cfg.batch_size or n_test < 1 or mmlb_pairs < 1 or chunk_datasets < 1:
         raise ValueError("need n_train >= batch size, n_test >= 1, mmlb_pairs >= 1, chunk_datasets >= 1")
