@@ -435,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = add("demo", cmd_demo, "train, analyse and report five methods on digits",
             "Train erm, mixup, manifold_mixup, multimix and dense_multimix on scikit-learn's digits (shipped, no "
-            "download), analyse each checkpoint and write OUT/report.html. About 1–5 minutes on 2 CPU cores, depending on the CPU.")
+            "download), analyse each checkpoint and write OUT/report.html. About 1–5 minutes on 2 CPU cores, "
+            "depending on the CPU.")
     d.add_argument("--out", default="embedlab-demo", help="output directory")
     d.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma-separated methods to compare")
     d.add_argument("--epochs", type=_positive_int, default=30, help="epochs per method")
@@ -447,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = add("study", cmd_study, "run one of seed 002's studies",
              "toy-depth: seed 002 §3 — mixup at depths 0–3 vs baseline on 400 Gaussian-mixture datasets, excess risk "
              "over the exact Bayes classifier, by quartile of the normalised MMLB (vectorised over datasets; the full "
-             "protocol took 15 min on 2 cores with AMX in bf16, 83 min on 2 AVX2-only cores in fp32). confmix: seed 002 §4 — ConfMix, ½-ConfMix, α = 0.5 and α schedules "
-             "0→1 / 1→0, input and manifold, against the ERM baseline on CIFAR-10 with the small CNN, over seeds. "
+             "protocol took 15 min on 2 cores with AMX in bf16, 83 min on 2 AVX2-only cores in fp32). confmix: "
+             "seed 002 §4 — ConfMix, ½-ConfMix, α = 0.5 and α schedules 0→1 / 1→0, input and manifold, against the ERM baseline on CIFAR-10 with the small CNN, over seeds. "
              "Both write a JSON that `embedlab report` renders as its own section. See docs/STUDIES.md.")
     st.add_argument("study", choices=("toy-depth", "confmix"))
     st.add_argument("--out", required=True, help="output directory")

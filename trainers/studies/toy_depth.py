@@ -50,9 +50,9 @@ PRECISIONS = ("fp32", "bf16")
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AMX tiles or AVX512-BF16), as PyTorch reports it.
 
-    Elsewhere (e.g. AVX2-only CPUs) bfloat16 products are emulated: a (50×512)·(512×512) batched product, the
-    study's hidden layer, ran at 1.3 GFLOP/s in bf16 against 35 in fp32 on a 2-core AVX2 AMD EPYC, 27× slower
-    (``benchmarks/toy_depth_step.py``).
+    Elsewhere (e.g. AVX2-only CPUs) bfloat16 products are emulated: on a 2-core AVX2 AMD EPYC the study's hidden
+    product, (50 × 50 × 512)·(50 × 512 × 512), ran at 1.2 GFLOP/s in bf16 against 41.6 in fp32, and a training step
+    was 12× slower (``benchmarks/toy_depth_step.py``, docs/BENCHMARKS.md).
     """
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu, torch ≥ 2.3
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
