@@ -1,5 +1,9 @@
 """Analysis runner: model → embeddings (cached) → analyses → ``results.json`` + ``arrays.npz``.
 
+Label noise (``--data-opt label_noise=…``) is a training condition: analyses rebuild the dataset *without* it, so
+metrics that use the training split (kNN bank, linear probe, …) measure the embedding against the true labels; the
+noise description is recorded under ``dataset.label_noise`` in results.json, with ``dataset.train_labels = "clean"``.
+
 Each input an analysis needs is computed once (a split's extraction, OOD sets, the model itself) and shared; an
 analysis whose needs the model cannot provide (no logits in a precomputed array, no nn.Module for attacks) is skipped
 and the reason recorded under ``skipped`` in results.json.
@@ -20,7 +24,7 @@ import analyses  # noqa: F401  (registers every analysis)
 from analyses.registry import ANALYSES, Inputs, Output
 from embedlab.checkpoint import load_model, resolve_checkpoint, utc_now, versions
 from embedlab.config import check_option_types
-from embedlab.data import DataSource, create_dataset
+from embedlab.data import DataSource, create_dataset, without_label_noise
 from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write, atomic_write_json, sha256_file
 from embedlab.store import Extracted, cached_extract
@@ -41,6 +45,7 @@ class Source:
     model: torch.nn.Module | None = None
     data: DataSource | None = None
     arrays: dict[str, Extracted] = field(default_factory=dict)
+    label_noise: dict[str, Any] | None = None  # the training labels' noise (analyses use the clean labels)
 
     @property
     def has_logits(self) -> bool:
@@ -67,11 +72,22 @@ def open_checkpoint(path: str | Path, device: str, data_root: str | None) -> Sou
     model, meta = load_model(weights, device)
     cfg = meta.get("config", {})
     ds_name = meta["dataset"]["name"]
-    data = create_dataset(ds_name, data_root or cfg.get("data_root"), False, **cfg.get("dataset_options", {}))
+    data, noise = _clean(create_dataset(ds_name, data_root or cfg.get("data_root"), False,
+                                        **cfg.get("dataset_options", {})), meta["dataset"].get("label_noise"))
     if data.info.num_classes != model.num_classes:
         raise EmbedlabError(f"{weights}: model predicts {model.num_classes} classes but dataset {ds_name!r} "
                             f"has {data.info.num_classes}")
-    return Source(name, weights, sha256_file(weights), meta, data.info.classes, model=model, data=data)
+    return Source(name, weights, sha256_file(weights), meta, data.info.classes, model=model, data=data,
+                  label_noise=noise)
+
+
+def _clean(data: DataSource, known: dict[str, Any] | None = None) -> tuple[DataSource, dict[str, Any] | None]:
+    """The dataset with clean training labels, and the description of the label noise it had (None if none):
+    ``known`` (as recorded in the checkpoint when the model was trained), else measured now."""
+    clean = without_label_noise(data)
+    if clean is data:
+        return data, None
+    return clean, known or data.describe()["label_noise"]
 
 
 def open_spec(path: str | Path, device: str, data_root: str | None) -> Source:
@@ -80,7 +96,7 @@ def open_spec(path: str | Path, device: str, data_root: str | None) -> Source:
 
     p = Path(path)
     spec = read_spec(p)
-    data = create_dataset(spec.dataset, data_root or spec.data_root, False, **spec.dataset_options)
+    data, noise = _clean(create_dataset(spec.dataset, data_root or spec.data_root, False, **spec.dataset_options))
     model, sha = build_external(spec, data.info.input_shape, data.info.num_classes, p.parent)
     with torch.no_grad():
         x = data.split("test")[0][0].unsqueeze(0)
@@ -90,7 +106,7 @@ def open_spec(path: str | Path, device: str, data_root: str | None) -> Source:
                             f"{data.info.num_classes}")
     meta = {"external": dataclasses.asdict(spec), "model": {"name": f"{spec.kind}:{spec.arch or p.stem}"},
             "method": {"name": "external", "options": {}}, "dataset": {"name": spec.dataset}}
-    return Source(spec.name, p, sha, meta, data.info.classes, model=model.to(device), data=data)
+    return Source(spec.name, p, sha, meta, data.info.classes, model=model.to(device), data=data, label_noise=noise)
 
 
 def open_arrays(path: str | Path) -> Source:
@@ -210,7 +226,8 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
         "schema_version": SCHEMA_VERSION, "kind": KIND,
         "model": {"name": src.name, "source": str(src.path), "sha256": src.sha256, "meta": src.meta},
         "dataset": {"name": src.meta.get("dataset", {}).get("name", "?"), "split": "test",
-                    "num_examples": int(len(test.labels)), "classes": list(src.classes)},
+                    "num_examples": int(len(test.labels)), "classes": list(src.classes),
+                    **({"label_noise": src.label_noise, "train_labels": "clean"} if src.label_noise else {})},
         "metrics": metrics, "plots": plots, "skipped": skipped, "settings": settings,
         "arrays": "arrays.npz", "created_utc": utc_now(), "versions": versions(),
     })

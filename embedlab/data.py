@@ -374,8 +374,13 @@ def _labels_of(ds: Dataset) -> np.ndarray:
     """All labels of a dataset, read cheaply where the dataset exposes them."""
     if isinstance(ds, TensorData):
         return ds.y.numpy()
+    if isinstance(ds, _NoisyLabels):
+        return ds.labels
     if isinstance(ds, Subset):
         return _labels_of(ds.dataset)[np.asarray(ds.indices)]
+    if isinstance(ds, _Relabel):
+        base = _labels_of(ds.base)[np.asarray(ds.indices, dtype=np.int64)]
+        return np.asarray([ds.mapping.get(int(v), -1) for v in base], dtype=np.int64)
     for attr in ("targets", "labels"):
         if hasattr(ds, attr):
             return np.asarray(getattr(ds, attr))
@@ -436,15 +441,165 @@ class TrainSubset(DataSource):
         return self.base.heldout()  # type: ignore[attr-defined]
 
 
+# ---------------------------------------------------------------------------------------------- label noise
+LABEL_NOISE_KINDS = ("symmetric", "asymmetric")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# The usual asymmetric CIFAR-10 noise (Patrini et al. 2017; Han et al. 2018): similar classes are confused.
+CIFAR10_FLIPS = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
+_NOISE_STREAM = 0x6E6F6973  # mixed into the label-noise seed: its draws are unrelated to every other seeded draw
+
+
+def label_flip_map(classes: Sequence[str], kind: str) -> dict[int, int] | None:
+    """Source class → noisy class of ``asymmetric`` noise (None for ``symmetric``): the CIFAR-10 flips
+    (truck→automobile, bird→airplane, deer→horse, cat↔dog) when ``classes`` are CIFAR-10's ten names in order, else
+    the cyclic flip k → (k + 1) mod C of every class."""
+    if kind == "symmetric":
+        return None
+    if tuple(classes) == CIFAR10_CLASSES:
+        return {CIFAR10_CLASSES.index(a): CIFAR10_CLASSES.index(b) for a, b in CIFAR10_FLIPS.items()}
+    c = len(classes)
+    return {k: (k + 1) % c for k in range(c)}
+
+
+def noisy_labels(clean: np.ndarray, classes: Sequence[str], fraction: float, kind: str = "symmetric",
+                 seed: int = 0) -> np.ndarray:
+    """Labels with seeded label noise; a pure function of ``clean``, ``classes``, ``fraction``, ``kind``, ``seed``.
+
+    ``symmetric``: exactly ``round(fraction · n)`` examples, drawn uniformly without replacement, get a label drawn
+    uniformly from the C − 1 *other* classes, so every one of them is wrong (the flipped fraction is
+    ``round(fraction · n) / n``, not ``fraction · (C − 1) / C`` as with noise that may redraw the true label;
+    ``round`` is Python's, halves to even).
+    ``asymmetric``: within each source class of :func:`label_flip_map`, exactly ``round(fraction · n_k)`` of its
+    ``n_k`` examples (drawn uniformly) take the mapped class; other classes stay clean. Examples are chosen by
+    their clean label, so cat↔dog never flips an example back.
+    """
+    clean = np.asarray(clean, dtype=np.int64)
+    c, n = len(classes), len(clean)
+    if c < 2:
+        raise EmbedlabError(f"label_noise needs at least 2 classes, the dataset has {c}")
+    rng = np.random.default_rng([_NOISE_STREAM, int(seed)])
+    noisy = clean.copy()
+    flips = label_flip_map(classes, kind)
+    if flips is None:
+        chosen = rng.permutation(n)[: int(round(fraction * n))]
+        noisy[chosen] = (clean[chosen] + rng.integers(1, c, size=len(chosen))) % c
+        return noisy
+    for src in sorted(flips):
+        members = np.flatnonzero(clean == src)
+        chosen = members[rng.permutation(len(members))[: int(round(fraction * len(members)))]]
+        noisy[chosen] = flips[src]
+    return noisy
+
+
+class _NoisyLabels(Dataset):
+    """``base``'s examples with ``labels[i]`` in place of their own (inputs and transforms untouched)."""
+
+    def __init__(self, base: Dataset, labels: np.ndarray) -> None:
+        if len(base) != len(labels):
+            raise ValueError(f"{len(labels)} labels for {len(base)} examples")
+        self.base, self.labels = base, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.base[i][0], torch.as_tensor(int(self.labels[i]))
+
+    def __getitems__(self, idx: list[int]) -> Any:
+        y = torch.as_tensor(self.labels[np.asarray(idx, dtype=np.int64)])
+        if hasattr(self.base, "__getitems__"):
+            batch = self.base.__getitems__(idx)
+            if isinstance(batch, tuple):  # already batched (TensorData underneath)
+                return batch[0], y
+            return [(b[0], t) for b, t in zip(batch, y)]
+        return [(self.base[i][0], t) for i, t in zip(idx, y)]
+
+
+class LabelNoise(DataSource):
+    """Seeded label noise on the training split (``--data-opt label_noise=0.4``); val and test keep clean labels.
+
+    ``kind``: ``symmetric`` (default) or ``asymmetric``, see :func:`noisy_labels`: symmetric noise gives exactly
+    ``round(fraction · n)`` examples a wrong label, uniform over the other classes; asymmetric noise flips, within each
+    source class, that fraction to a similar class: CIFAR-10's truck→automobile, bird→airplane, deer→horse, cat↔dog,
+    and on any other dataset (anything but CIFAR-10's ten classes, a class subset of it included) the cyclic flip
+    k → (k + 1) mod C. ``seed`` is the noise's own (default 0), independent of the training seed. The noise is
+    drawn once from the training split's clean labels in its fixed order, so it does not depend on augmentation,
+    DataLoader order or the number of processes. Wrapped around ``train_subset``: the fraction is of the examples
+    actually trained on. :meth:`describe` records the options and the measured flipped fraction.
+    """
+
+    def __init__(self, base: DataSource, fraction: Any, kind: Any = "symmetric", seed: Any = 0) -> None:
+        self.check_options(fraction, kind, seed)
+        if base.info.num_classes < 2:
+            raise EmbedlabError(f"label_noise needs at least 2 classes, dataset {base.info.name!r} has "
+                                f"{base.info.num_classes}")
+        self.base, self.info = base, base.info
+        self.fraction, self.kind, self.seed = float(fraction), str(kind), int(seed)
+        self._labels: tuple[np.ndarray, np.ndarray] | None = None
+
+    @staticmethod
+    def check_options(fraction: Any, kind: Any = "symmetric", seed: Any = 0) -> None:
+        """One-line :class:`EmbedlabError` for a fraction outside [0, 1), an unknown kind or a bad seed."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+            raise EmbedlabError(f"label_noise must be a fraction in [0, 1), got {fraction!r}")
+        if kind not in LABEL_NOISE_KINDS:
+            raise EmbedlabError(f"label_noise_kind must be one of {', '.join(LABEL_NOISE_KINDS)}, got {kind!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise EmbedlabError(f"label_noise_seed must be an integer >= 0, got {seed!r}")
+
+    def train_labels(self, ds: Dataset | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(clean, noisy)`` labels of the training split (computed once)."""
+        if self._labels is None:
+            clean = _labels_of(ds if ds is not None else self.base.split("train")).astype(np.int64)
+            self._labels = clean, noisy_labels(clean, self.info.classes, self.fraction, self.kind, self.seed)
+        return self._labels
+
+    def split(self, name: str, augment: bool = False) -> Dataset:
+        ds = self.base.split(name, augment)
+        if name != "train":
+            return ds
+        _, noisy = self.train_labels(ds)
+        if isinstance(ds, TensorData):
+            return TensorData(ds.x, torch.from_numpy(noisy))
+        return _NoisyLabels(ds, noisy)
+
+    def describe(self) -> dict[str, Any]:
+        clean, noisy = self.train_labels()
+        n_flipped = int((clean != noisy).sum())
+        noise: dict[str, Any] = {"fraction": self.fraction, "kind": self.kind, "seed": self.seed,
+                                 "flipped_fraction": n_flipped / max(len(clean), 1), "n_flipped": n_flipped,
+                                 "n_train": int(len(clean))}
+        if self.kind == "asymmetric":
+            noise["flips"] = "cifar10" if tuple(self.info.classes) == CIFAR10_CLASSES else "cyclic"
+        return {**self.base.describe(), "label_noise": noise}
+
+    def heldout(self) -> Dataset:
+        return self.base.heldout()  # type: ignore[attr-defined]
+
+
+def without_label_noise(data: DataSource) -> DataSource:
+    """``data`` with clean training labels (the same examples): what analyses measure against."""
+    return data.base if isinstance(data, LabelNoise) else data
+
+
 def create_dataset(name: str, root: str | None = None, download: bool = False, **options: Any) -> DataSource:
     """Build a registered dataset; ``options`` are its keyword arguments (e.g. ``K`` for toy-gmm).
 
-    Generic options: ``classes`` (a list of class indices) keeps only those classes (see :class:`ClassSubset`);
-    ``train_subset`` (an int) trains on a seeded subset of that many examples (see :class:`TrainSubset`).
+    Generic options, applied in this order: ``classes`` (a list of class indices) keeps only those classes (see
+    :class:`ClassSubset`); ``train_subset`` (an int) trains on a seeded subset of that many examples (see
+    :class:`TrainSubset`); ``label_noise`` (a fraction in [0, 1)) flips that fraction of the *training* labels, with
+    ``label_noise_kind`` (``symmetric`` or ``asymmetric``) and ``label_noise_seed`` (default 0), after the two
+    others, so the fraction is of the examples trained on (see :class:`LabelNoise`).
     """
     entry = DATASETS.get(name)
     classes = options.pop("classes", None)
     train_subset = options.pop("train_subset", None)
+    noise = {k: options.pop(k) for k in ("label_noise", "label_noise_kind", "label_noise_seed") if k in options}
+    if noise and "label_noise" not in noise:
+        raise EmbedlabError(f"{' and '.join(noise)} need label_noise=FRACTION (e.g. label_noise=0.4)")
+    if noise:
+        LabelNoise.check_options(noise["label_noise"], noise.get("label_noise_kind", "symmetric"),
+                                 noise.get("label_noise_seed", 0))
     check_option_types(entry.obj, options, f"dataset {name!r}")
     try:
         data = entry.obj(root=root, download=download, **options)
@@ -454,6 +609,9 @@ def create_dataset(name: str, root: str | None = None, download: bool = False, *
         data = ClassSubset(data, [classes] if isinstance(classes, int) else classes)
     if train_subset is not None:
         data = TrainSubset(data, int(train_subset))
+    if noise:
+        data = LabelNoise(data, noise["label_noise"], noise.get("label_noise_kind", "symmetric"),
+                          noise.get("label_noise_seed", 0))
     return data
 
 

@@ -22,7 +22,8 @@ from reports import figures as F
 from reports.aggregate import EXECUTION_KEYS, Group, group_results
 from reports.load import ModelResult, StudyResult
 from reports.studies import study_section
-from reports.tables import MISSING, Section, format_sig, markdown_table, md_escape, summary_sections
+from reports.tables import (MISSING, Section, format_sig, label_noise_text, markdown_table, md_escape,
+                            summary_sections)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_NAME = "report.html.j2"
@@ -105,6 +106,7 @@ def _meta_row(g: Group) -> dict[str, Any]:
         "options": _format_options(method_opts),
         "architecture": arch_text,
         "dataset": dataset_text,
+        "label_noise": _group_label_noise(g),
         "seeds": ", ".join(map(str, seeds)) or MISSING,
         "n_seeds": g.n,
         "epochs": _joined(epochs),
@@ -116,6 +118,15 @@ def _meta_row(g: Group) -> dict[str, Any]:
         "recipe": recipe,
         "skipped": sorted(skipped.items()),
     }
+
+
+LABEL_NOISE_NOTE = ("Label noise: the fraction of training labels flipped (val and test labels are clean); analyses "
+                    "measure against the clean labels.")
+
+
+def _group_label_noise(g: Group) -> str:
+    """The label noise of a group's runs, e.g. ``"40 % symmetric, seed 0 (flipped 39.9 %)"``; "" when none has it."""
+    return "; ".join(dict.fromkeys(t for m in g.members if (t := label_noise_text(m.label_noise))))
 
 
 def _provenance_row(r: ModelResult, group: str) -> dict[str, str]:
@@ -181,7 +192,9 @@ def build_context(results: Sequence[ModelResult], *, title: str = "embedlab repo
         "num_examples": ", ".join(f"{s:,}" for s in sizes),
         "sections": sections,
         "model_legend": [(g.name, colors[g.name]) for g in groups],
-        "meta_rows": [_meta_row(g) for g in groups],
+        "meta_rows": (meta_rows := [_meta_row(g) for g in groups]),
+        "any_label_noise": any(m["label_noise"] for m in meta_rows),
+        "label_noise_note": LABEL_NOISE_NOTE,
         "provenance_rows": [_provenance_row(m, g.name) for g in groups for m in g.members],
         "umaps": umaps,
         "atlases": F.json_for_script(atlases.items),
@@ -256,6 +269,10 @@ def render_markdown(results: Sequence[ModelResult], studies: Sequence[StudyResul
                 lines += markdown_table(table, seeds_column=seeds_column)
         if seeds_column:
             lines += ["", "Mean \u00b1 sample standard deviation over seeds (ddof = 1)."]
+        noisy = [(g.name, text) for g in groups if (text := _group_label_noise(g))]
+        if noisy:
+            lines += ["", md_escape(LABEL_NOISE_NOTE), ""]
+            lines += [f"- {md_escape(name)}: label noise {md_escape(text)}" for name, text in noisy]
     for study in studies:
         sec = study_section(study)
         for table in sec["tables"]:

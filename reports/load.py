@@ -25,7 +25,7 @@ RESULTS_FILENAME = "results.json"
 RESULTS_KIND = "embedlab.analysis"
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 STUDY_KIND = "embedlab.study"
-STUDY_FILENAMES = ("toy_depth.json", "confmix.json")  # study files recognised by name inside a directory
+STUDY_FILENAMES = ("toy_depth.json", "confmix.json", "benchmark.json")  # study files recognised by name inside a directory
 THUMBNAIL_CHANNELS = (1, 3, 4)
 MAX_FIGURE_BYTES = 8 << 20  # a study figure larger than this is not embedded
 
@@ -71,6 +71,16 @@ class ModelResult:
         """``results["skipped"]``: analysis name -> why it did not run."""
         skipped = self.results.get("skipped")
         return {str(k): str(v) for k, v in skipped.items()} if isinstance(skipped, dict) else {}
+
+    @property
+    def label_noise(self) -> dict[str, Any] | None:
+        """The training labels' noise (``results["dataset"]["label_noise"]``, else the checkpoint's
+        ``meta["dataset"]["label_noise"]``): fraction, kind, seed, flipped_fraction, …; None without label noise."""
+        noise = self.dataset.get("label_noise")
+        if not isinstance(noise, dict):
+            ds = self.meta.get("dataset")
+            noise = ds.get("label_noise") if isinstance(ds, dict) else None
+        return noise if isinstance(noise, dict) else None
 
     @property
     def config(self) -> dict[str, Any]:

@@ -133,6 +133,25 @@ def format_stat(stat: Stat | None) -> str:
     return f"{text} \u00b1 {stat.std:.1e}"
 
 
+def _percent(x: Any, spec: str = "g") -> str:
+    return f"{100 * x:{spec}} %" if isinstance(x, (int, float)) and not isinstance(x, bool) else MISSING
+
+
+def label_noise_text(noise: Mapping[str, Any] | None) -> str:
+    """``"40 % symmetric, seed 0 (flipped 40.0 %)"`` from a dataset's ``label_noise`` description; "" when None."""
+    if not isinstance(noise, Mapping):
+        return ""
+    kind = str(noise.get("kind") or "symmetric")
+    if noise.get("flips"):
+        kind += f" ({noise['flips']} flips)"
+    text = f"{_percent(noise.get('fraction'))} {kind}"
+    if noise.get("seed") is not None:
+        text += f", seed {noise['seed']}"
+    if noise.get("flipped_fraction") is not None:
+        text += f" (flipped {_percent(noise.get('flipped_fraction'), '.1f')})"
+    return text
+
+
 # --------------------------------------------------------------------------------------------- layout
 
 
