@@ -149,13 +149,15 @@ def test_multimix_one_hot_row_reproduces_the_unmixed_example():
     torch.testing.assert_close(terms, ref)
 
 
-@pytest.mark.parametrize("name", ["multimix", "dense_multimix"])
-def test_logit_mixing_equals_embedding_mixing_loss_and_gradient(name):
+@pytest.mark.parametrize("name,opts", [("multimix", {}), ("dense_multimix", {}),
+                                       ("dense_multimix", {"per_position": False, "global_weight": 0.3}),
+                                       ("dense_multimix", {"attention": "cam", "global_weight": 1.0})])
+def test_logit_mixing_equals_embedding_mixing_loss_and_gradient(name, opts):
     x, y = _batch()
     grads = []
     for exact in (False, True):
         model = _model()
-        loss = create_method(name, {"p": 1.0, "n": 40, "exact_embedding_mix": exact}).loss(
+        loss = create_method(name, {"p": 1.0, "n": 40, "exact_embedding_mix": exact, **opts}).loss(
             model, x, y, torch.Generator().manual_seed(7))
         loss.backward()
         grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
@@ -195,6 +197,57 @@ def test_dense_weights_convex_at_every_position_and_invariant_to_attention_scale
     torch.testing.assert_close(w[k, j], num / num.sum())
 
 
+def test_dense_multimix_global_weight_one_is_multimix_on_the_pooled_embedding():
+    """β = 1 leaves only the MultiMix term on GAP embeddings (the path inference takes): MultiMix's loss exactly."""
+    x, y = _batch()
+    model = _model()
+    dense = create_method("dense_multimix", {"p": 1.0, "n": 50, "global_weight": 1.0}).loss(
+        model, x, y, torch.Generator().manual_seed(3))
+    mm = create_method("multimix", {"p": 1.0, "n": 50}).loss(model, x, y, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(dense, mm, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_multimix_global_weight_mixes_the_two_losses():
+    x, y = _batch()
+    model = _model()
+    part = {b: float(create_method("dense_multimix", {"p": 1.0, "n": 30, "global_weight": b}).loss(
+        model, x, y, torch.Generator().manual_seed(4))) for b in (0.0, 1.0)}
+    # the β = 0.25 loss draws the dense λ first and the MultiMix Λ after; recompute both terms with that order
+    g = torch.Generator().manual_seed(4)
+    method = create_method("dense_multimix", {"p": 1.0, "n": 30, "global_weight": 0.25})
+    got = float(method.loss(model, x, y, g))
+    g = torch.Generator().manual_seed(4)
+    dense = float(create_method("dense_multimix", {"p": 1.0, "n": 30, "global_weight": 0.0}).loss(model, x, y, g))
+    mm = float(create_method("multimix", {"p": 1.0, "n": 30}).loss(model, x, y, g))  # continues the same stream
+    assert dense == pytest.approx(part[0.0])
+    assert got == pytest.approx(0.75 * dense + 0.25 * mm, rel=1e-5)
+
+
+def test_dense_multimix_shared_lambda_is_the_same_at_every_position():
+    """per_position=False: one λ_k for all r positions; with uniform attention the mixed map is Λ applied to every
+    position, so its pooled embedding is MultiMix's mixed embedding."""
+    g = torch.Generator().manual_seed(0)
+    method = create_method("dense_multimix", {"per_position": False, "attention": "none"})
+    gam = method._gamma(5, 1, 4, g).expand(5, 3, 4)
+    w = dense_weights(gam, torch.full((4, 3), 1 / 3))
+    torch.testing.assert_close(w[:, 0], w[:, 2])
+    torch.testing.assert_close(w[:, 0], gam[:, 0] / gam[:, 0].sum(-1, keepdim=True))
+
+
+def test_attention_gap_l1_is_relu_similarity_to_the_pooled_embedding():
+    g = torch.Generator().manual_seed(1)
+    fmap = torch.randn(3, 5, 7, generator=g)
+    a = attention_gap(fmap, torch.zeros(3, dtype=torch.long), torch.zeros(2, 5), "l1")
+    s = torch.relu(fmap[1].t() @ fmap[1].mean(-1))
+    torch.testing.assert_close(a[1], s / s.sum())
+    relu_map = torch.relu(fmap)  # post-ReLU features: every score ≥ 0, no position is zeroed out
+    assert (attention_gap(relu_map, None, None, "l1") > 0).all()
+    with pytest.raises(EmbedlabError, match="attention_norm: one of softmax, l1"):
+        create_method("dense_multimix", {"attention_norm": "sigmoid"})
+    with pytest.raises(EmbedlabError, match=r"global_weight: must be in \[0, 1\]"):
+        create_method("dense_multimix", {"global_weight": 1.5})
+
+
 def test_attention_maps_are_distributions():
     g = torch.Generator().manual_seed(0)
     fmap = torch.randn(4, 6, 9, generator=g)
@@ -215,7 +268,8 @@ def test_dense_multimix_loss_is_mean_over_n_and_r_of_dense_terms():
     model = _model()
     x, y = _batch(8)
     n = 20
-    method = create_method("dense_multimix", {"p": 1.0, "n": n, "chunk": 7, "attention": "cam"})
+    method = create_method("dense_multimix", {"p": 1.0, "n": n, "chunk": 7, "attention": "cam", "attention_norm": "l1",
+                                              "global_weight": 0.0})
     assert isinstance(method, DenseMultiMix)
     loss = method.loss(model, x, y, torch.Generator().manual_seed(11))
     g = torch.Generator().manual_seed(11)
