@@ -188,14 +188,15 @@ class ToyGMM(DataSource):
 
 
 # ----------------------------------------------------------------------------------------- image datasets
-AUGMENTATIONS = ("crop", "resized_crop")
+AUGMENTATIONS = ("crop", "resized_crop", "none")
 
 
 def _image_transform(size: int, augment: bool, flip: bool, resize: int | None = None,
                      mode: str = "crop") -> Callable:
     """``crop``: (resize to ``resize``², then) random crop with ⅛ padding and flip — the CIFAR recipe.
     ``resized_crop``: the ImageNet recipe — train: RandomResizedCrop(resize, scale (0.08, 1)) + flip;
-    eval: resize the short side to ``resize``·8/7, centre crop ``resize``."""
+    eval: resize the short side to ``resize``·8/7, centre crop ``resize``. ``none``: no augmentation (imagefolder's
+    ``augment=none``: the training images as they are, e.g. for a regime where ERM memorises)."""
     from torchvision import transforms as T
 
     if mode == "resized_crop" and resize:
@@ -228,8 +229,9 @@ class _SplitImages(DataSource):
 
     def split(self, name: str, augment: bool = False) -> Dataset:
         self._check_split(name)
-        tf = _image_transform(self._size(), augment and name == "train", self.flip, getattr(self, "resize", None),
-                              getattr(self, "augment", "crop"))
+        mode = getattr(self, "augment", "crop")
+        tf = _image_transform(self._size(), augment and name == "train" and mode != "none", self.flip,
+                              getattr(self, "resize", None), mode)
         if name == "test":
             return self._base(False, tf)
         base = self._base(True, tf)

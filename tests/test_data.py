@@ -139,3 +139,25 @@ def test_imagefolder_resized_crop(tmp_path):
     assert d.split("test")[0][0].shape == (3, 24, 24)
     with pytest.raises(EmbedlabError, match="augment: one of crop, resized_crop"):
         create_dataset("imagefolder", root=str(tmp_path), augment="resized_crop")
+
+
+def test_imagefolder_augment_none_gives_the_same_training_images_every_time(tmp_path):
+    """``augment=none``: no random crop or flip on the training split (a regime where ERM memorises quickly)."""
+    from PIL import Image
+
+    from embedlab.data import create_dataset
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{i}.png")
+    plain = create_dataset("imagefolder", str(tmp_path), augment="none", val_fraction=0.0).split("train", augment=True)
+    torch.manual_seed(0)
+    first = torch.stack([plain[i][0] for i in range(len(plain))])
+    torch.manual_seed(1)
+    assert torch.equal(first, torch.stack([plain[i][0] for i in range(len(plain))]))
+    cropped = create_dataset("imagefolder", str(tmp_path), val_fraction=0.0).split("train", augment=True)
+    torch.manual_seed(1)
+    assert not torch.equal(first, torch.stack([cropped[i][0] for i in range(len(cropped))]))
