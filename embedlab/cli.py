@@ -156,12 +156,7 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     chosen = select_analyses(a.analyses)
     if not a.models:
         raise EmbedlabError("analyze: give at least one checkpoint, model spec or arrays file")
-    settings: dict[str, dict[str, Any]] = {}
-    for key, value in parse_assignments(a.opt, "--opt").items():
-        analysis, dot, name = key.partition(".")
-        if not dot or not name:
-            raise EmbedlabError(f"--opt: expected ANALYSIS.KEY=VALUE, got {key}={value}")
-        settings.setdefault(analysis, {})[name] = auto_type(value)
+    settings = _analysis_settings(a.opt)
     ood = [s.strip() for s in a.ood.split(",") if s.strip()] if a.ood else None
     for m in a.models:
         out = analyze_path(m, a.out, analyses=chosen, cache_dir=a.cache_dir, device=_device(a.device),
@@ -247,16 +242,38 @@ def cmd_study(a: argparse.Namespace) -> int:
 
         ks = tuple(int(k) for k in a.ks.split(","))
         res = run_toy_depth(realisations_per_k=a.realisations, ks=ks, epochs=a.epochs or 20, seed=a.seed, out_dir=out,
-                            progress=not a.no_progress, threads=a.threads, precision=a.precision)
+                            progress=not a.no_progress, threads=a.threads, precision=a.precision,
+                            optimizer=a.optimizer, lr=a.lr, n_train=a.n_train, mean_range=a.mean_range)
         print(json.dumps(res.get("summary", {}), indent=2, default=str)[:4000])
         print(f"wrote {out / 'toy_depth.json'}")
         return 0
-    from embedlab.recipes import load_recipe
+    cfg = _study_config(a)
+    if a.study == "benchmark":
+        return _study_benchmark(a, cfg, out)
     from trainers.studies.confmix import VARIANTS, markdown_table, run_confmix_study
 
+    variants = [v.strip() for v in a.variants.split(";")] if a.variants else None
+    for v in variants or []:
+        if v not in VARIANTS:
+            raise EmbedlabError(f"unknown ConfMix-study variant {v!r}; known: {'; '.join(VARIANTS)}")
+    seeds = _seed_list(a.seeds)
+    res = run_confmix_study(cfg, out, seeds=seeds, variants=variants, half_life=a.half_life, warmup=a.warmup,
+                            progress=not a.no_progress)
+    print(markdown_table(res))
+    print(f"wrote {out / 'confmix.json'}")
+    return 0
+
+
+def _study_config(a: argparse.Namespace) -> TrainConfig:
+    """The base training config of a trained study: recipe < --dataset/--data-root/--epochs/--subset/--data-opt <
+    --set."""
     import dataclasses
 
-    cfg = load_recipe(a.recipe).resolved()
+    from embedlab.config import apply_assignments
+    from embedlab.recipes import load_recipe
+
+    recipe = a.recipe or ("digits" if a.study == "benchmark" else "cifar10-small-cnn")
+    cfg = load_recipe(recipe).resolved()
     changes: dict[str, Any] = {"device": a.device}
     if a.dataset:
         changes["dataset"] = a.dataset
@@ -264,25 +281,94 @@ def cmd_study(a: argparse.Namespace) -> int:
         changes["data_root"] = a.data_root
     if a.epochs:
         changes["epochs"] = a.epochs
+    ds_opts = dict(cfg.dataset_options)
     if a.subset:
-        changes["dataset_options"] = {**cfg.dataset_options, "train_subset": a.subset}
+        ds_opts["train_subset"] = a.subset
+    if a.data_opt:
+        ds_opts.update({k: auto_type(v) for k, v in parse_assignments(a.data_opt, "--data-opt").items()})
+    changes["dataset_options"] = ds_opts
     cfg = dataclasses.replace(cfg, **changes)
     if a.set:
-        from embedlab.config import TrainConfig, apply_assignments
-
-        cfg = TrainConfig.from_dict(apply_assignments(dataclasses.asdict(cfg), a.set, "--set"), "study confmix",
+        cfg = TrainConfig.from_dict(apply_assignments(dataclasses.asdict(cfg), a.set, "--set"), f"study {a.study}",
                                     strict=True)
-    cfg.validate("study confmix")
-    variants = [v.strip() for v in a.variants.split(";")] if a.variants else None
-    for v in variants or []:
-        if v not in VARIANTS:
-            raise EmbedlabError(f"unknown ConfMix-study variant {v!r}; known: {'; '.join(VARIANTS)}")
-    seeds = tuple(int(s) for s in a.seeds.split(","))
-    res = run_confmix_study(cfg, out, seeds=seeds, variants=variants, half_life=a.half_life, warmup=a.warmup,
-                            progress=not a.no_progress)
+    cfg.validate(f"study {a.study}")
+    return cfg
+
+
+def _study_benchmark(a: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
+    """Method × seed grid: train (resumable), analyse every run, write benchmark.json and a comparative report."""
+    import dataclasses
+
+    from analyses.runner import analyze_source, check_settings, open_source, select_analyses
+    from reports.html import render_report
+    from reports.load import load_results, load_study
+    from trainers.studies.benchmark import FILENAME, markdown_table, parse_method_specs, run_benchmark
+
+    specs = parse_method_specs(a.methods)
+    labels = [sp.label for sp in specs]
+    baseline = a.baseline if a.baseline != "none" else None
+    if baseline is not None and baseline not in labels:
+        raise EmbedlabError(f"--baseline {baseline!r} is not one of --methods ({', '.join(labels)}); add it to "
+                            f"--methods or pass --baseline none")
+    seeds = _seed_list(a.seeds)
+    chosen = select_analyses(a.analyses)
+    settings = _analysis_settings(a.opt)
+    check_settings(settings, chosen)
+    device = _device(a.device)
+    previous = _read_previous(out / FILENAME)
+    same_analyses = previous.get("analyses") == chosen and previous.get("analysis_settings", {}) == settings
+
+    def analyze(ckpt: Path, name: str) -> Path:
+        src = dataclasses.replace(open_source(ckpt, device), name=name)
+        res = out / "results" / name / "results.json"
+        if same_analyses and res.is_file() and (out / "results" / name / "arrays.npz").is_file():
+            try:
+                if json.loads(res.read_text())["model"]["sha256"] == src.sha256:
+                    return res.parent  # analysed before with these weights and these analyses
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return analyze_source(src, out / "results", analyses=chosen, cache_dir=out / "cache", device=device,
+                              force=True, progress=not a.no_progress, settings=settings)
+
+    res = run_benchmark(cfg, out, specs=specs, seeds=seeds, analyze=analyze, analyses=chosen,
+                        analysis_settings=settings, baseline=baseline, progress=not a.no_progress)
     print(markdown_table(res))
-    print(f"wrote {out / 'confmix.json'}")
+    print(f"wrote {out / FILENAME}")
+    if not a.no_report:
+        dirs = [out / "results" / name for runs in res["results"].values() for name in runs.values()]
+        render_report(load_results(dirs), out / "report.html", title=a.title or f"embedlab benchmark: {cfg.dataset}",
+                      studies=[load_study(out / FILENAME)])
+        print(f"wrote {out / 'report.html'}")
     return 0
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise EmbedlabError(f"--seeds: expected comma-separated integers >= 0, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise EmbedlabError(f"--seeds: expected distinct integers >= 0, got {text!r}")
+    return seeds
+
+
+def _analysis_settings(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``--opt ANALYSIS.KEY=VALUE`` → ``{analysis: {key: value}}``."""
+    settings: dict[str, dict[str, Any]] = {}
+    for key, value in parse_assignments(items, "--opt").items():
+        analysis, dot, name = key.partition(".")
+        if not dot or not name:
+            raise EmbedlabError(f"--opt: expected ANALYSIS.KEY=VALUE, got {key}={value}")
+        settings.setdefault(analysis, {})[name] = auto_type(value)
+    return settings
+
+
+def _read_previous(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def cmd_list(a: argparse.Namespace) -> int:
@@ -445,13 +531,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="redo the demo over an existing OUT")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    st = add("study", cmd_study, "run one of seed 002's studies",
+    st = add("study", cmd_study, "run a benchmark grid or one of seed 002's studies",
+             "benchmark: a method × seed grid under one protocol (any recipe, dataset, model, --set), resumable run by "
+             "run; every run is analysed (--analyses) and the study writes OUT/benchmark.json (per metric: mean, std "
+             "and 95 % interval over seeds, and the paired difference to --baseline with its 95 % Student-t "
+             "interval) and OUT/report.html. Method specs take options: "
+             "--methods 'erm,mixup,multimix[p=1;alpha=0.5]'. See docs/RESULTS.md. "
              "toy-depth: seed 002 §3 — mixup at depths 0–3 vs baseline on 400 Gaussian-mixture datasets, excess risk "
              "over the exact Bayes classifier, by quartile of the normalised MMLB (vectorised over datasets; the full "
              "protocol took 15 min on 2 cores with AMX in bf16, 83 min on 2 AVX2-only cores in fp32). confmix: "
              "seed 002 §4 — ConfMix, ½-ConfMix, α = 0.5 and α schedules 0→1 / 1→0, input and manifold, against the ERM baseline on CIFAR-10 with the small CNN, over seeds. "
-             "Both write a JSON that `embedlab report` renders as its own section. See docs/STUDIES.md.")
-    st.add_argument("study", choices=("toy-depth", "confmix"))
+             "Each writes a JSON that `embedlab report` renders as its own section. See docs/STUDIES.md.")
+    st.add_argument("study", choices=("benchmark", "toy-depth", "confmix"))
     st.add_argument("--out", required=True, help="output directory")
     st.add_argument("--seed", type=_nonneg_int, default=0, help="toy-depth: seed of the datasets and models")
     st.add_argument("--realisations", type=_positive_int, default=100, help="toy-depth: datasets per K")
@@ -462,16 +553,42 @@ def build_parser() -> argparse.ArgumentParser:
                          "way); auto = bf16 on CPUs with native bfloat16 matrix units (AMX or AVX512-BF16), where it "
                          "is 1.25-1.5x faster, fp32 elsewhere, where emulated bf16 is far slower [auto]")
     st.add_argument("--epochs", type=_positive_int, default=None,
-                    help="epochs per model (toy-depth default 20; confmix default: the recipe's 50)")
-    st.add_argument("--recipe", default="cifar10-small-cnn", help="confmix: training recipe")
-    st.add_argument("--dataset", help="confmix: dataset (e.g. imagefolder for a JPEG copy of CIFAR-10) [recipe's]")
-    st.add_argument("--data-root", help="confmix: dataset root")
-    st.add_argument("--subset", type=_positive_int, help="confmix: train on a seeded subset of this many images")
-    st.add_argument("--seeds", default="0,1,2", help="confmix: comma-separated seeds")
+                    help="epochs per model (toy-depth default 20; benchmark and confmix: the recipe's)")
+    st.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                    help="toy-depth: optimiser of every MLP: adam (betas 0.9, 0.999, eps 1e-8) or sgd (momentum 0.9, "
+                         "no weight decay) [adam]")
+    st.add_argument("--lr", type=_positive_float, default=1e-3, help="toy-depth: learning rate [0.001]")
+    st.add_argument("--n-train", type=_number(int, 50, False, "an integer >= 50 (one batch of 50)"), default=1000,
+                    help="toy-depth: training points per dataset, at least one batch of 50 [1000]")
+    st.add_argument("--mean-range", type=_positive_float, default=1.0,
+                    help="toy-depth: component means ~ U([-a, a]^2) for a = this value, with sigma ~ U(0.05, 0.5) "
+                         "unchanged, so a larger a spreads the clusters out relative to their width [1]")
+    st.add_argument("--recipe", help="benchmark/confmix: training recipe (see docs/TRAINING.md) [benchmark: digits; "
+                                     "confmix: cifar10-small-cnn]")
+    st.add_argument("--dataset", help="benchmark/confmix: dataset (e.g. imagefolder for a JPEG copy of CIFAR-10) "
+                                      "[recipe's]")
+    st.add_argument("--data-root", help="benchmark/confmix: dataset root")
+    st.add_argument("--subset", type=_positive_int,
+                    help="benchmark/confmix: train on a seeded subset of this many images")
+    st.add_argument("--data-opt", action="append", metavar="KEY=VALUE",
+                    help="benchmark/confmix: dataset option (repeatable), e.g. label_noise=0.4")
+    st.add_argument("--seeds", default="0,1,2", help="benchmark/confmix: comma-separated seeds")
+    st.add_argument("--methods", default="erm,mixup,manifold_mixup,multimix,dense_multimix",
+                    help="benchmark: comma-separated method specs NAME or NAME[key=value;...] (method options as with "
+                         "train -O), e.g. 'erm,multimix[p=1;alpha=0.5]'; `embedlab list methods` names them all")
+    st.add_argument("--baseline", default="erm",
+                    help="benchmark: the --methods entry that paired differences are taken against, or none")
+    st.add_argument("--analyses", default="all",
+                    help="benchmark: analyses run on every checkpoint, 'all' or a comma-separated list (see "
+                         "`embedlab list analyses`)")
+    st.add_argument("--opt", action="append", metavar="ANALYSIS.KEY=VALUE",
+                    help="benchmark: analysis setting (repeatable), as in `embedlab analyze --opt`")
+    st.add_argument("--title", help="benchmark: report title")
+    st.add_argument("--no-report", action="store_true", help="benchmark: write benchmark.json only, no report.html")
     st.add_argument("--variants", help="confmix: ';'-separated variant names (default: all; the baseline always runs)")
     st.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="confmix: set any training config key over the recipe and flags (repeatable), as in "
-                         "`embedlab train --set`: e.g. num_workers=1, lr=0.0005; method keys are set per variant")
+                    help="benchmark/confmix: set any training config key over the recipe and flags (repeatable), as "
+                         "in `embedlab train --set`: e.g. num_workers=1, lr=0.0005; method keys are set per method")
     st.add_argument("--half-life", type=_positive_float,
                     help="confmix: half-life H of the α schedules in epochs (default: epochs/2, the paper's 25 at 50)")
     st.add_argument("--warmup", type=_nonneg_int,

@@ -138,6 +138,72 @@ def _confmix_charts(data: Mapping[str, Any]) -> list[dict[str, str]]:
                         "and ~1 later); schedules: the scheduled \u03b1."}]
 
 
+BENCHMARK_METRICS = ("accuracy", "knn_accuracy", "linear_probe_accuracy", "ece", "nll", "silhouette",
+                     "alignment", "uniformity")
+
+
+def _noise(ds: Mapping[str, Any]) -> str | None:
+    """``40 % symmetric`` from dataset options with ``label_noise`` (None without label noise)."""
+    frac = ds.get("label_noise")
+    if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not frac:
+        return None
+    return f"{100 * frac:g} % {ds.get('label_noise_kind', 'symmetric')} (training labels only)"
+
+
+def _benchmark_tables(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``embedlab study benchmark`` (``trainers/studies/benchmark.py``): per method the mean ± std over seeds of key
+    metrics, then the paired difference to the baseline with its 95 % Student-t interval."""
+    rows = [r for r in data.get("rows") or [] if isinstance(r, Mapping) and isinstance(r.get("metrics"), Mapping)]
+    if not rows:
+        return []
+    present = [m for m in BENCHMARK_METRICS if any(m in r["metrics"] for r in rows)]
+    directions = data.get("directions") if isinstance(data.get("directions"), Mapping) else {}
+
+    def head(m: str) -> str:
+        arrow = {"higher": " \u2191", "lower": " \u2193"}.get(str(directions.get(m)), "")
+        return m.replace("_", " ") + arrow
+
+    def entry(r: Mapping[str, Any], m: str) -> Mapping[str, Any]:
+        e = r["metrics"].get(m)
+        return e if isinstance(e, Mapping) else {}
+
+    means = []
+    for r in rows:
+        cells = [str(r.get("label", "?")), str(len(r.get("seeds_done") or []))]
+        for m in present:
+            e = entry(r, m)
+            std = e.get("std")
+            cells.append(f"{_num(e.get('mean'), 4)} ± {_num(std, 4)}" if isinstance(std, (int, float))
+                         else _num(e.get("mean"), 4))
+        means.append(cells)
+    tables = [_table("Metrics per method (mean ± std over seeds)", ["method", "seeds"] + [head(m) for m in present],
+                     means, "Arrows: the better direction. Each seed's model is analysed on the clean test split.")]
+    base = data.get("baseline")
+    if isinstance(base, str):
+        diffs = []
+        for r in rows:
+            if r.get("label") == base:
+                continue
+            cells = [str(r.get("label", "?"))]
+            for m in present:
+                d = entry(r, m).get("diff_to_baseline")
+                if not isinstance(d, Mapping):
+                    cells.append(MISSING)
+                    continue
+                text = f"{_num(d.get('mean'), 4)}"
+                ci = d.get("ci95")
+                if isinstance(ci, list) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+                    text = f"{d['mean']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+                cells.append(text)
+            diffs.append(cells)
+        tables.append(_table(f"Paired difference to {base} (mean [95 % interval] over seeds)",
+                             ["method"] + [head(m) for m in present], diffs,
+                             "Per seed s: metric(method, s) \u2212 metric(baseline, s); the interval is Student-t with "
+                             "n \u2212 1 degrees of freedom over the n seeds. An interval that excludes 0 is a difference "
+                             "seen in every reasonable reading of these seeds; with 3 seeds intervals are wide."))
+    return tables
+
+
 def _p(v: Any) -> str:
     return f"{v:.2g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else MISSING
 
@@ -159,23 +225,28 @@ def study_section(study: StudyResult) -> dict[str, Any]:
     """Title, facts, tables and embedded figures of one study."""
     data, summary = study.data, study.summary
     confmix = data.get("study") == "confmix"
-    tables = _confmix_tables(data) if confmix else (_toy_depth_tables(summary) if summary else [])
+    benchmark = data.get("study") == "benchmark"
+    if benchmark:
+        tables = _benchmark_tables(data)
+    else:
+        tables = _confmix_tables(data) if confmix else (_toy_depth_tables(summary) if summary else [])
     if summary and not tables:
         rows = [[k, v] for k, v in _flatten(summary)[:MAX_GENERIC_ROWS]]
         tables = [_table("Summary", ["key", "value"], rows)]
     facts = []
     config = data.get("config") if isinstance(data.get("config"), Mapping) else {}
     for key in ("realisations_per_k", "ks", "epochs", "n_train", "n_test", "seed"):
-        if key in config and not (confmix and key == "seed"):  # ConfMix: the seeds are listed below
+        if key in config and not ((confmix or benchmark) and key == "seed"):  # their seeds are listed below
             facts.append((key, json.dumps(config[key]) if not isinstance(config[key], str) else config[key]))
     for key in ("units", "ci_method"):
         if isinstance(summary.get(key), str):
             facts.append((key.replace("_", " "), summary[key]))
-    if confmix:
+    if confmix or benchmark:
         ds = config.get("dataset_options") if isinstance(config.get("dataset_options"), Mapping) else {}
         for key, value in (("dataset", config.get("dataset")), ("training images", ds.get("train_subset", "all")),
                            ("model", config.get("model")), ("batch size", config.get("batch_size")),
                            ("optimizer", f"{config.get('optimizer')} lr {config.get('lr')}"),
+                           ("label noise", _noise(ds)),
                            ("seeds", ", ".join(str(x) for x in data.get("seeds") or [])),
                            ("α half-life H (epochs)", data.get("half_life")),
                            ("ConfMix warm-up M (epochs)", data.get("warmup"))):
@@ -198,6 +269,8 @@ def study_section(study: StudyResult) -> dict[str, Any]:
     title = data.get("study") if isinstance(data.get("study"), str) else study.name
     if confmix:
         title = "ConfMix against fixed and scheduled \u03b1 (seed 002 \u00a74)"
+    if benchmark:
+        title = f"Benchmark: methods \u00d7 seeds on {config.get('dataset', '?')}"
     charts = _confmix_charts(data) if confmix else []
     return {"title": title, "path": str(study.path), "facts": facts, "tables": tables, "figures": figures,
             "charts": charts}

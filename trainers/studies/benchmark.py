@@ -1,0 +1,253 @@
+"""``embedlab study benchmark``: a method × seed grid under one protocol, each run analysed, with paired statistics.
+
+Every method of the grid is trained with every seed from one base :class:`~embedlab.config.TrainConfig` (the
+method and its options replaced), analysed by a callback (the composition root passes the analysis runner), and
+summarised per metric: mean and standard deviation over seeds, and for every method other than the baseline the
+**paired difference** to the baseline trained with the same seed, ``d_s = v_{method,s} − v_{baseline,s}``, with a
+95 % Student-t interval ``mean(d) ± t_{0.975, n−1} · sd(d) / √n`` over the n seeds.
+
+Method specs: ``NAME`` or ``NAME[key=value;key=value]`` (options as with ``-O``), e.g.
+``dense_multimix[attention=none;p=1]``; the spec text is the row's label. Runs go to ``OUT/runs/<label>/seed<S>``;
+a finished run (its checkpoint and a training state whose config matches) is reused, an interrupted one resumed,
+and a run already analysed with the same weights and analyses is not analysed again, so an interrupted benchmark
+continues run by run. ``OUT/benchmark.json`` is rewritten atomically after every run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from embedlab.checkpoint import utc_now, versions
+from embedlab.config import TrainConfig, auto_type
+from embedlab.errors import EmbedlabError
+from embedlab.io import atomic_write_json
+
+KIND = "embedlab.study"
+STUDY = "benchmark"
+FILENAME = "benchmark.json"
+SCHEMA_VERSION = 1
+_SPEC = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(?:\[(.*)\])?\s*$")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the grid: a registered method with options; ``label`` is the spec as written."""
+
+    label: str
+    method: str
+    options: dict[str, Any]
+
+
+def split_specs(text: str) -> list[str]:
+    """Split ``"erm,multimix[p=1;alpha=0.5]"`` on the commas outside brackets."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise EmbedlabError(f"--methods: unbalanced ']' in {text!r}")
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth:
+        raise EmbedlabError(f"--methods: unbalanced '[' in {text!r}")
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_method_specs(text: str) -> list[MethodSpec]:
+    """Parse and check ``--methods``: every method registered, every option accepted by it, labels distinct."""
+    from embedlab.methods import create_method
+
+    specs = []
+    for raw in split_specs(text):
+        m = _SPEC.match(raw)
+        if not m:
+            raise EmbedlabError(f"--methods: expected NAME or NAME[key=value;...], got {raw!r}")
+        name, body = m.group(1), m.group(2)
+        opts: dict[str, Any] = {}
+        for item in (body or "").split(";"):
+            if not item.strip():
+                continue
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise EmbedlabError(f"--methods: option {item!r} of {raw!r} is not key=value")
+            opts[key.strip()] = auto_type(value.strip())
+        create_method(name, opts)  # unknown method or bad option: one clear line, before anything trains
+        label = name if not opts else f"{name}[{';'.join(f'{k}={v}' for k, v in opts.items())}]"
+        specs.append(MethodSpec(label, name, opts))
+    if not specs:
+        raise EmbedlabError("--methods: give at least one method")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise EmbedlabError(f"--methods: a method spec is repeated: {', '.join(labels)}")
+    return specs
+
+
+def slug(label: str) -> str:
+    """A directory name for a label: ``dense_multimix[p=1;attention=none]`` → ``dense_multimix-p1-attention-none``."""
+    s = re.sub(r"[^A-Za-z0-9_.]+", "-", label.replace("=", "")).strip("-.")
+    return s or "method"
+
+
+def t_quantile(df: int, q: float = 0.975) -> float:
+    """Student-t quantile (scipy)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(q, df))
+
+
+def mean_ci(values: Sequence[float]) -> dict[str, Any]:
+    """``{"mean", "std", "ci95": [lo, hi] | None, "n"}``: sample std (ddof 1) and a Student-t 95 % interval."""
+    v = [float(x) for x in values]
+    n = len(v)
+    mean = statistics.fmean(v)
+    if n < 2:
+        return {"mean": mean, "std": None, "ci95": None, "n": n}
+    sd = statistics.stdev(v)
+    half = t_quantile(n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "std": sd, "ci95": [mean - half, mean + half], "n": n}
+
+
+def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> dict[str, Any] | None:
+    """Mean and 95 % t-interval of ``values[s] − baseline[s]`` over the seeds both have (None if none)."""
+    common = sorted(set(values) & set(baseline))
+    if not common:
+        return None
+    d = [values[s] - baseline[s] for s in common]
+    return {**mean_ci(d), "per_seed": {str(s): x for s, x in zip(common, d)},
+            "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
+
+
+def _numeric_metrics(results: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for name, entry in (results.get("metrics") or {}).items():
+        v = entry.get("value") if isinstance(entry, dict) else entry
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[name] = float(v)
+    return out
+
+
+def _directions(results: dict[str, Any]) -> dict[str, str]:
+    return {k: e["direction"] for k, e in (results.get("metrics") or {}).items()
+            if isinstance(e, dict) and isinstance(e.get("direction"), str)}
+
+
+def summarise(specs: Sequence[MethodSpec], seeds: Sequence[int], per_run: dict[str, dict[str, dict[str, float]]],
+              baseline: str | None) -> list[dict[str, Any]]:
+    """One row per method: per metric the mean/std/CI over seeds and the paired difference to ``baseline``.
+
+    ``per_run[label][str(seed)]`` holds the run's numeric metrics."""
+    rows = []
+    base_runs = per_run.get(baseline, {}) if baseline else {}
+    for spec in specs:
+        runs = per_run.get(spec.label, {})
+        names = sorted({m for r in runs.values() for m in r})
+        metrics = {}
+        for name in names:
+            vals = {int(s): r[name] for s, r in runs.items() if name in r}
+            entry: dict[str, Any] = {**mean_ci(list(vals.values())), "per_seed": {str(s): v for s, v in vals.items()}}
+            if baseline and spec.label != baseline:
+                base = {int(s): r[name] for s, r in base_runs.items() if name in r}
+                entry["diff_to_baseline"] = paired_difference(vals, base)
+            metrics[name] = entry
+        rows.append({"label": spec.label, "method": spec.method, "options": spec.options,
+                     "seeds_done": sorted(int(s) for s in runs), "metrics": metrics})
+    return rows
+
+
+def run_benchmark(base: TrainConfig, out_dir: str | Path, *, specs: Sequence[MethodSpec], seeds: Sequence[int],
+                  analyze: Callable[[Path, str], Path], analyses: Sequence[str],
+                  analysis_settings: dict[str, dict[str, Any]] | None = None, baseline: str | None = "erm",
+                  progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train, analyse and summarise every (method, seed); returns what is written to ``OUT/benchmark.json``.
+
+    ``analyze(checkpoint, name)`` analyses one checkpoint into ``OUT/results/<name>/`` and returns that folder.
+    ``baseline`` is the label paired differences are taken against (None, or absent from ``specs``: none).
+    """
+    from trainers import train
+
+    out = Path(out_dir)
+    if baseline is not None and baseline not in {s.label for s in specs}:
+        baseline = None
+    t0 = time.perf_counter()
+    per_run: dict[str, dict[str, dict[str, float]]] = {}
+    directions: dict[str, str] = {}
+    runs_index: dict[str, dict[str, str]] = {}
+    timing: dict[str, dict[str, float]] = {}
+    total = len(specs) * len(seeds)
+    done = 0
+    for spec in specs:
+        for seed in seeds:
+            done += 1
+            cfg = dataclasses.replace(base, method=spec.method, method_options=dict(spec.options), seed=seed)
+            run = out / "runs" / slug(spec.label) / f"seed{seed}"
+            name = f"{slug(spec.label)}-seed{seed}"
+            log(f"[benchmark {done}/{total}] {spec.label}, seed {seed}")
+            t_run = time.perf_counter()
+            ckpt = train(cfg, run, progress=progress, log=log, resume=True)
+            t_train = time.perf_counter() - t_run
+            res_dir = analyze(ckpt, name)
+            results = json.loads((res_dir / "results.json").read_text())
+            per_run.setdefault(spec.label, {})[str(seed)] = _numeric_metrics(results)
+            directions.update(_directions(results))
+            runs_index.setdefault(spec.label, {})[str(seed)] = name
+            timing.setdefault(spec.label, {})[str(seed)] = round(t_train, 2)
+            result = {
+                "kind": KIND, "study": STUDY, "schema_version": SCHEMA_VERSION, "created_utc": utc_now(),
+                "config": dataclasses.asdict(base), "seeds": list(seeds), "baseline": baseline,
+                "analyses": list(analyses), "analysis_settings": analysis_settings or {}, "methods": [dataclasses.asdict(s) for s in specs],
+                "complete": done == total, "rows": summarise(specs, seeds, per_run, baseline),
+                "directions": directions, "results": runs_index, "train_seconds": timing,
+                "seconds": time.perf_counter() - t0, "versions": versions(),
+                "statistics": "per metric: mean, sample std and Student-t 95 % interval over seeds; diff_to_baseline: "
+                              "the same over the seeds of the paired difference method − baseline (same seed)",
+            }
+            atomic_write_json(out / FILENAME, result)
+    return result
+
+
+KEY_METRICS = ("accuracy", "knn_accuracy", "ece", "nll", "silhouette", "alignment", "uniformity")
+
+
+def markdown_table(result: dict[str, Any], metrics: Sequence[str] = KEY_METRICS, *, pp: bool = True) -> str:
+    """Per method: mean ± std of each metric, and Δ to the baseline with its 95 % interval (in points × 100 for
+    metrics in [0, 1] when ``pp``)."""
+    rows = result.get("rows") or []
+    present = [m for m in metrics if any(m in r["metrics"] for r in rows)]
+    head = ["method", "seeds"] + [h for m in present for h in (m, f"Δ {m} vs {result.get('baseline')}")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"], str(len(r["seeds_done"]))]
+        for m in present:
+            e = r["metrics"].get(m)
+            if not e:
+                cells += ["–", "–"]
+                continue
+            cells.append(f"{e['mean']:.4f} ± {e['std']:.4f}" if e.get("std") is not None else f"{e['mean']:.4f}")
+            d = e.get("diff_to_baseline")
+            if not d:
+                cells.append("–")
+            else:
+                scale = 100.0 if pp and m in PERCENT_METRICS else 1.0
+                unit = " pp" if scale == 100.0 else ""
+                ci = d.get("ci95")
+                cells.append(f"{scale * d['mean']:+.2f}{unit}" + (f" [{scale * ci[0]:+.2f}, {scale * ci[1]:+.2f}]"
+                                                                   if ci else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+PERCENT_METRICS = frozenset({"accuracy", "knn_accuracy", "linear_probe_accuracy", "ece", "ece_scaled", "adaptive_ece",
+                             "mce", "brier"})
