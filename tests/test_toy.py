@@ -1,6 +1,7 @@
 """Seed 002's toy problem: exact densities and Bayes classifier, the MMLB, and the vectorised depth-study trainer."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -164,11 +165,13 @@ def test_fused_adam_update_matches_torch_adam():
 
 
 @pytest.mark.slow
-def test_compiled_adam_trains_like_eager(request):
-    """torch.compile of the Adam update (cold compile: up to a minute): same parameters as the eager update."""
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_compiled_adam_trains_like_eager(request, optimizer):
+    """torch.compile of the Adam (or SGD) update (cold compile: up to a minute): same parameters as the eager one."""
     if "slow" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("runs torch.compile (up to a minute when inductor's cache is cold); select with -m slow")
-    cfg = ToyTrainConfig(hidden=(16, 16, 16), epochs=1, batch_size=10, precision="fp32")
+    cfg = ToyTrainConfig(hidden=(16, 16, 16), epochs=1, batch_size=10, precision="fp32", optimizer=optimizer,
+                         lr=1e-3 if optimizer == "adam" else 0.05)
     x, y, inits, scheds = _small_problem(2, 40, 3, cfg)
     eager, comp = BatchedMLP(inits, cfg), BatchedMLP(inits, cfg, compile=True)
     eager.fit(x, y, scheds)
@@ -261,3 +264,123 @@ def test_study_end_to_end_and_resume(tmp_path):
     again = run_toy_depth(out_dir=tmp_path, **kw)
     assert again["timing"]["resumed_datasets"] == 2
     assert json.loads(json.dumps(again["records"])) == recs
+
+
+# ------------------------------------------------------------------------- protocol options (issue #14 item 6)
+def test_sgd_batched_trainer_equals_one_model_at_a_time():
+    """SGD with momentum 0.9, stacked over models, against torch.optim.SGD one model at a time (float32)."""
+    depths, D = tuple(METHOD_DEPTHS.values()), 2
+    cfg = ToyTrainConfig(hidden=(16, 16, 16), epochs=2, batch_size=10, lr=0.05, depths=depths, precision="fp32",
+                         optimizer="sgd")
+    n, K = 40, 3
+    x, y, inits, scheds = _small_problem(D, n, K, cfg)
+    bm = BatchedMLP(inits, cfg)
+    losses = bm.fit(x, y, scheds)
+    for j, k in enumerate(depths):
+        for d in range(D):
+            ref, ref_losses = train_reference(x[d], y[d], inits[d], scheds[d], k, cfg, K)
+            torch.testing.assert_close(losses[j * D + d], ref_losses, rtol=1e-5, atol=1e-6)
+            for i, (w, b) in enumerate(bm.model_params(j * D + d)):
+                torch.testing.assert_close(w, ref[2 * i].weight.detach().T, rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(b, ref[2 * i].bias.detach(), rtol=1e-4, atol=1e-6)
+            assert not torch.allclose(bm.model_params(j * D + d)[1][0], inits[d][1][0])
+    # and SGD is not Adam: the same problem under Adam ends elsewhere
+    adam = BatchedMLP(inits, dataclasses.replace(cfg, optimizer="adam"))
+    adam.fit(x, y, scheds)
+    assert not torch.allclose(adam.params[2], bm.params[2])
+
+
+def test_sgd_update_matches_torch_sgd():
+    """The SGD update that torch.compile fuses, run eagerly for 5 steps (buffer from zero), against torch.optim.SGD."""
+    from trainers.studies.toy_depth import _sgd_update_fused
+
+    g = torch.Generator().manual_seed(5)
+    p0 = torch.randn(50, generator=g)
+    grads = [torch.randn(50, generator=g) for _ in range(5)]
+    ref = p0.clone().requires_grad_()
+    opt = torch.optim.SGD([ref], lr=0.1, momentum=0.9)
+    p, buf, low = p0.clone(), torch.zeros(50), torch.empty(50, dtype=torch.bfloat16)
+    for gr in grads:
+        ref.grad = gr.clone()
+        opt.step()
+        _sgd_update_fused(p, gr, buf, low, torch.tensor(0.1), 0.9)
+    torch.testing.assert_close(p, ref.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(low, p.bfloat16(), rtol=0, atol=0)
+
+
+def test_optimizer_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="optimizer"):
+        ToyTrainConfig(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="momentum"):
+        ToyTrainConfig(optimizer="sgd", momentum=1.0)
+    with pytest.raises(ValueError, match="mean_range"):
+        run_toy_depth(out_dir="unused", mean_range=0.0, progress=False)
+
+
+def test_mean_range_scales_the_means():
+    from trainers.studies.toy_depth import make_dataset
+
+    base = make_dataset(0, 3, 1, 100, 200)
+    wide = make_dataset(0, 3, 1, 100, 200, mean_range=3.0)
+    assert wide.spec.sigma == base.spec.sigma and wide.spec.priors == base.spec.priors
+    for mu0, mu3 in zip(base.spec.means, wide.spec.means):
+        np.testing.assert_allclose(mu3, 3.0 * np.asarray(mu0), rtol=1e-15)
+        assert np.abs(mu3).max() <= 3.0
+    assert max(np.abs(mu).max() for mu in wide.spec.means) > 1.0
+    np.testing.assert_array_equal(wide.y_train, base.y_train)  # same random stream: only the geometry changes
+    assert np.abs(wide.x_train).max() > np.abs(base.x_train).max()
+    same = make_dataset(0, 3, 1, 100, 200, mean_range=1.0)
+    np.testing.assert_array_equal(same.x_train, base.x_train)
+
+
+def test_protocol_options_recorded_and_resume_checks_them(tmp_path):
+    kw = dict(realisations_per_k=1, ks=(2,), epochs=1, n_test=300, mmlb_pairs=200, progress=False,
+              hidden=(8, 8, 8), compile=False)
+    res = run_toy_depth(out_dir=tmp_path / "a", optimizer="sgd", lr=0.05, n_train=150, mean_range=2.5, **kw)
+    c = json.loads((tmp_path / "a" / "toy_depth.json").read_text())["config"]
+    assert c["train"]["optimizer"] == "sgd" and c["train"]["lr"] == 0.05 and c["train"]["momentum"] == 0.9
+    assert c["n_train"] == 150 and c["mean_range"] == 2.5 and c["optimizer"].startswith("SGD")
+    assert res["config"]["epochs"] == 1
+    default = run_toy_depth(out_dir=tmp_path / "b", n_train=100, **kw)["config"]
+    assert default["train"]["optimizer"] == "adam" and default["train"]["lr"] == 1e-3
+    assert default["mean_range"] == 1.0 and default["optimizer"].startswith("Adam")
+    # n_train sets the training-set size: the schedule covers floor(n / 50) batches per epoch
+    from trainers.studies.toy_depth import make_dataset
+
+    assert make_dataset(0, 2, 0, 150, 10).x_train.shape == (150, 2)
+    # a partial file from other options is not resumed; one from the same options is
+    from embedlab.io import atomic_write_json
+
+    recs = json.loads((tmp_path / "b" / "toy_depth.json").read_text())["records"]
+    for other in (dict(optimizer="sgd"), dict(lr=1e-2), dict(n_train=200), dict(mean_range=3.0)):
+        atomic_write_json(tmp_path / "b" / "toy_depth.partial.json", {"config": default, "records": recs})
+        again = run_toy_depth(out_dir=tmp_path / "b", **{"n_train": 100, **kw, **other})
+        assert again["timing"]["resumed_datasets"] == 0, other
+    atomic_write_json(tmp_path / "b" / "toy_depth.partial.json", {"config": default, "records": recs})
+    assert run_toy_depth(out_dir=tmp_path / "b", n_train=100, **kw)["timing"]["resumed_datasets"] == 1
+
+
+def test_study_cli_protocol_flags(monkeypatch, tmp_path, capsys):
+    """The toy-depth flags reach run_toy_depth; bad values are one-line errors (exit 2)."""
+    import subprocess
+    import sys
+
+    import trainers.studies.toy_depth as td
+    from embedlab.cli import build_parser, main
+
+    a = build_parser().parse_args(["study", "toy-depth", "--out", "x"])
+    assert (a.optimizer, a.lr, a.n_train, a.mean_range) == ("adam", 1e-3, 1000, 1.0)
+    seen = {}
+    monkeypatch.setattr(td, "run_toy_depth", lambda **kw: seen.update(kw) or {"summary": {}})
+    assert main(["study", "toy-depth", "--out", str(tmp_path), "--optimizer", "sgd", "--lr", "0.1", "--n-train",
+                 "200", "--mean-range", "3", "--epochs", "7"]) == 0
+    got = (seen["optimizer"], seen["lr"], seen["n_train"], seen["mean_range"], seen["epochs"])
+    assert got == ("sgd", 0.1, 200, 3.0, 7)
+    capsys.readouterr()
+    for flag, value, pattern in (("--optimizer", "rmsprop", "invalid choice"), ("--lr", "0", "positive number"),
+                                 ("--n-train", "49", "integer >= 50"), ("--mean-range", "-1", "positive number")):
+        proc = subprocess.run([sys.executable, "-m", "embedlab", "study", "toy-depth", "--out", str(tmp_path / "e"),
+                               flag, value], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr and flag in lines[0] and pattern in lines[0], lines

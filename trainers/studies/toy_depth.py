@@ -13,7 +13,10 @@ weights, and one Adam update steps the stacked tensors (Adam is elementwise, so 
 ``torch.compile``-fused pass that also refreshes the bfloat16 weight copy, or ``torch.optim.Adam(fused=True)``.
 The step is memory-bound (Adam touches 28 bytes per parameter per step), hence the fusion and the preallocated
 buffers. :func:`train_reference` is the one-model-at-a-time version (``nn.Sequential`` + autograd +
-``torch.optim.Adam``); the tests check that both give the same parameters and losses in float32.
+``torch.optim.Adam``); the tests check that both give the same parameters and losses in float32. The optimiser,
+learning rate, training-set size and range of the means, which seed 002 does not state, are options
+(``optimizer="sgd"``: SGD with momentum 0.9, likewise one elementwise update of the stack, checked against
+``torch.optim.SGD``); docs/results/toy/SENSITIVITY.md reports how the conclusions depend on them.
 
 Common random numbers **[choice]**: for a dataset, every method starts from the same initialisation ("a new random
 (but fixed for each type of training) initialization per dataset", seed 002 §3.3) and sees the same batches, the
@@ -45,6 +48,7 @@ METHOD_DEPTHS: dict[str, int | None] = {"baseline": None, "mixup_k0": 0, "mixup_
 METHOD_LABELS = {"baseline": "Baseline", "mixup_k0": "Mixup 0", "mixup_k1": "Mixup 1", "mixup_k2": "Mixup 2",
                  "mixup_k3": "Mixup 3"}
 PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("adam", "sgd")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -75,6 +79,10 @@ class ToyTrainConfig:
     activations and gradients stored in bfloat16), with float32 master weights and optimiser state; the first and
     last layers, λ, the loss and Adam stay in float32.
     Batches are ``floor(n / batch_size)`` per epoch (a remainder is dropped; none for n = 1000, b = 50).
+
+    ``optimizer``: ``"adam"`` (default: β = 0.9, 0.999, ε = 1e-8, as ``torch.optim.Adam``) or ``"sgd"``: SGD with
+    heavy-ball momentum ``momentum`` as ``torch.optim.SGD(lr, momentum)`` (dampening 0, no Nesterov, no weight
+    decay); ``momentum`` is unused by Adam. Seed 002 states neither the optimiser nor the learning rate.
     """
 
     hidden: tuple[int, ...] = (512, 512, 512)
@@ -84,10 +92,16 @@ class ToyTrainConfig:
     alpha: float = 0.5
     depths: tuple[int | None, ...] = tuple(METHOD_DEPTHS.values())
     precision: str = "bf16"
+    optimizer: str = "adam"
+    momentum: float = 0.9
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
         for d in self.depths:
             if d is not None and not 0 <= d <= len(self.hidden):
                 raise ValueError(f"mixing depth {d} outside 0..{len(self.hidden)} for hidden={self.hidden}")
@@ -147,14 +161,18 @@ def reference_model(params: list[tuple[Tensor, Tensor]]) -> nn.Sequential:
 
 def train_reference(x: Tensor, y: Tensor, init: list[tuple[Tensor, Tensor]], schedule: Schedule,
                     depth: int | None, cfg: ToyTrainConfig, num_classes: int) -> tuple[nn.Sequential, Tensor]:
-    """One model, the obvious way (float32, autograd, ``torch.optim.Adam``): the check on :func:`train_batched`.
+    """One model, the obvious way (float32, autograd, ``torch.optim.Adam`` or ``torch.optim.SGD`` as
+    ``cfg.optimizer`` says): the check on :class:`BatchedMLP`.
 
     ``x`` (n, 2), ``y`` (n,). Mixing after k hidden layers: ``model[:2k]`` then ``λ h + (1 − λ) h[perm]``, then
     ``model[2k:]``; soft-target cross-entropy against ``λ y + (1 − λ) y[perm]``. Returns the model and the mean
     training loss of each epoch, shape (epochs,).
     """
     model = reference_model(init)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     e, nb, _ = schedule.order.shape
     losses = torch.zeros(e)
     for ep in range(e):
@@ -211,24 +229,42 @@ def _adam_update_fused(p: Tensor, g: Tensor, m: Tensor, v: Tensor, low: Tensor |
         low.copy_(p)
 
 
+def _sgd_update_fused(p: Tensor, g: Tensor, buf: Tensor, low: Tensor | None, lr: Tensor, momentum: float) -> None:
+    """One SGD-with-momentum step in place, the arithmetic of ``torch.optim.SGD(lr, momentum)`` (dampening 0, no
+    Nesterov, no weight decay): ``buf ← momentum · buf + g``, ``p ← p − lr · buf``. ``buf`` starts at zero, so the
+    first step sets ``buf = g`` exactly, as torch does. Elementwise, so one call on stacked models is one step per
+    model. ``g`` may be bfloat16 (widened first); ``low``, if given, receives the new ``p`` rounded to its dtype."""
+    buf.mul_(momentum).add_(g.float())
+    p.sub_(lr * buf)
+    if low is not None:
+        low.copy_(p)
+
+
 _COMPILED: dict[str, Any] = {}
 
 
-def _compiled_update() -> Any:
-    """``_adam_update_fused`` through ``torch.compile`` (needs a C++ compiler), or None where that fails."""
-    if "fn" not in _COMPILED:
+def _compiled_update(optimizer: str = "adam") -> Any:
+    """``_adam_update_fused`` (or, for ``"sgd"``, ``_sgd_update_fused``) through ``torch.compile`` (needs a C++
+    compiler), or None where that fails."""
+    key = "fn" if optimizer == "adam" else f"fn_{optimizer}"  # "fn": the Adam update, as before
+    if key not in _COMPILED:
         try:
-            fn = torch.compile(_adam_update_fused, dynamic=True, fullgraph=True)
             t = [torch.zeros(3) for _ in range(4)]
-            fn(t[0], t[1], t[2], t[3], torch.zeros(3, dtype=torch.bfloat16), torch.tensor(1e-3), torch.tensor(1.0),
-               0.9, 0.999, 1e-8)  # compile now, so that a failure falls back here rather than mid-training
-            _COMPILED["fn"] = fn
+            low = torch.zeros(3, dtype=torch.bfloat16)
+            if optimizer == "adam":
+                fn = torch.compile(_adam_update_fused, dynamic=True, fullgraph=True)
+                fn(t[0], t[1], t[2], t[3], low, torch.tensor(1e-3), torch.tensor(1.0),
+                   0.9, 0.999, 1e-8)  # compile now, so that a failure falls back here rather than mid-training
+            else:
+                fn = torch.compile(_sgd_update_fused, dynamic=True, fullgraph=True)
+                fn(t[0], t[1], t[2], low, torch.tensor(1e-3), 0.9)
+            _COMPILED[key] = fn
         except Exception as e:  # pragma: no cover - depends on the machine's toolchain
             import warnings
 
-            warnings.warn(f"torch.compile of the Adam update failed ({type(e).__name__}: {e}); using eager")
-            _COMPILED["fn"] = None
-    return _COMPILED["fn"]
+            warnings.warn(f"torch.compile of the {optimizer} update failed ({type(e).__name__}: {e}); using eager")
+            _COMPILED[key] = None
+    return _COMPILED[key]
 
 
 class _Mixer:
@@ -284,8 +320,11 @@ class BatchedMLP:
         self.wlow = [w.to(low) if low != torch.float32 and _use_low(w) else None for w in ws]
         self.grads = [torch.zeros_like(p if i % 2 or self.wlow[i // 2] is None else self.wlow[i // 2])
                       for i, p in enumerate(self.params)]
-        self.fused = _compiled_update() if compile else None
-        if self.fused is None:
+        self.fused = _compiled_update(cfg.optimizer) if compile else None
+        if cfg.optimizer == "sgd":  # elementwise, like Adam: one update of the stack is one update per model
+            self.momentum_buf = [torch.zeros_like(p) for p in self.params]
+            self.lr = torch.tensor(cfg.lr)
+        elif self.fused is None:
             for p, g in zip(self.params, self.grads):
                 p.grad = g if g.dtype == p.dtype else torch.zeros_like(p)
             self.opt = torch.optim.Adam(self.params, lr=cfg.lr, fused=True)
@@ -305,6 +344,15 @@ class BatchedMLP:
         """Weights as the matrix products use them: the low-precision copy, or the float32 master."""
         return [(w, b) if wl is None else (wl, b.to(wl.dtype))
                 for w, b, wl in zip(self.params[0::2], self.params[1::2], self.wlow)]
+
+    def _update(self) -> None:
+        if self.cfg.optimizer == "sgd":
+            fn = self.fused or _sgd_update_fused
+            for i, p in enumerate(self.params):
+                low = self.wlow[i // 2] if i % 2 == 0 else None
+                fn(p, self.grads[i], self.momentum_buf[i], low, self.lr, self.cfg.momentum)
+            return
+        self._adam()
 
     def _adam(self) -> None:
         if self.fused is None:
@@ -326,7 +374,8 @@ class BatchedMLP:
 
     @torch.no_grad()
     def step(self, x: Tensor, y: Tensor, lam: Tensor, perm: Tensor) -> Tensor:
-        """One Adam step of every model. ``x`` (D, b, 2), ``y`` (D, b) int64, ``lam`` (D, b), ``perm`` (D, b).
+        """One optimiser step (Adam or SGD, ``cfg.optimizer``) of every model. ``x`` (D, b, 2), ``y`` (D, b)
+        int64, ``lam`` (D, b), ``perm`` (D, b).
 
         Returns each model's mini-batch loss, shape (M,).
         """
@@ -360,7 +409,7 @@ class BatchedMLP:
             g = torch.bmm(g, w.transpose(1, 2))  # (M, b, in)
             g = _mix_blocks(g, self.blocks[layer], D, mixer, adjoint=True)
             g.mul_(masks[layer - 1])
-        self._adam()
+        self._update()
         return loss
 
     def fit(self, x: Tensor, y: Tensor, schedules: Sequence[Schedule], progress: Any = None) -> Tensor:
@@ -418,10 +467,18 @@ def _stream(seed: int, K: int, r: int, purpose: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, K, r, purpose])
 
 
-def make_dataset(seed: int, K: int, r: int, n_train: int, n_test: int) -> ToyDataset:
-    """Realisation r of K classes: ``GMMSpec.random`` then ``n_train`` training and ``n_test`` test points."""
+def make_dataset(seed: int, K: int, r: int, n_train: int, n_test: int, mean_range: float = 1.0) -> ToyDataset:
+    """Realisation r of K classes: ``GMMSpec.random`` then ``n_train`` training and ``n_test`` test points.
+
+    ``mean_range`` = a draws the component means from U([−a, a]²) instead of U([−1, 1]²) (METHODS.md §2), with σ
+    still ~ U(0.05, 0.5): the means of ``GMMSpec.random`` are multiplied by a, so the realisation keeps its N per
+    class, its σ and its random stream (a = 1 gives exactly the default datasets), and only the spread of the
+    clusters relative to their width changes.
+    """
     rng = np.random.default_rng(_stream(seed, K, r, 0))
     spec = GMMSpec.random(K, rng)
+    if mean_range != 1.0:
+        spec = GMMSpec(tuple(np.asarray(mu) * mean_range for mu in spec.means), spec.sigma, spec.priors)
     xtr, ytr = spec.sample(n_train, rng)
     xte, yte = spec.sample(n_test, rng)
     return ToyDataset(K, r, spec, xtr, ytr, xte, yte)
@@ -589,6 +646,7 @@ def _versions() -> dict[str, str]:
 
 def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4, 5), epochs: int = 20,
                   seed: int = 0, n_train: int = 1000, n_test: int = 20000, mmlb_pairs: int = 20_000,
+                  optimizer: str = "adam", lr: float = 1e-3, mean_range: float = 1.0,
                   out_dir: str | os.PathLike, progress: bool = True, precision: str = "auto",
                   chunk_datasets: int = 4, threads: int | None = None, resume: bool = True,
                   boundary_dataset: tuple[int, int] | None = None,
@@ -610,6 +668,11 @@ def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4
     resolved value is recorded in ``config.train.precision``.
     ``compile``: fuse the Adam update with ``torch.compile`` (about 2× faster updates; needs a C++ compiler, falls
     back to eager with a warning; the first call compiles for up to a minute, later runs reuse inductor's cache).
+    ``optimizer`` (``"adam"`` or ``"sgd"``, SGD with momentum 0.9) and ``lr``: see :class:`ToyTrainConfig`;
+    ``n_train``: training points per dataset (at least one batch of 50); ``mean_range`` = a: component means
+    ~ U([−a, a]²) (:func:`make_dataset`). Seed 002 leaves the optimiser, learning rate and the range of the means
+    unstated; the defaults (Adam, 1e-3, 1,000 points, a = 1) are METHODS.md §2's choices. All are recorded in
+    ``config`` (``config.train.optimizer``/``lr``/``momentum``, ``config.n_train``, ``config.mean_range``).
 
     Files: ``toy_depth.json`` (config, per-dataset records, summary, timing), ``excess_vs_mmlb_quartile.png``,
     ``decision_boundaries.png`` (+ ``decision_boundaries.npz``), ``mmlb_vs_bayes_risk.png``. Returns the JSON dict.
@@ -619,18 +682,24 @@ def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4
     if realisations_per_k < 1 or not ks or min(ks) < 2:
         raise ValueError(f"need realisations_per_k >= 1 and every K >= 2, got {realisations_per_k}, {ks}")
     precision = resolve_precision(precision)
-    cfg = ToyTrainConfig(hidden=tuple(int(h) for h in hidden), epochs=epochs, precision=precision)
+    cfg = ToyTrainConfig(hidden=tuple(int(h) for h in hidden), epochs=epochs, precision=precision,
+                         optimizer=optimizer, lr=float(lr))
     if n_train < cfg.batch_size or n_test < 1 or mmlb_pairs < 1 or chunk_datasets < 1:
         raise ValueError("need n_train >= batch size, n_test >= 1, mmlb_pairs >= 1, chunk_datasets >= 1")
+    if not (math.isfinite(mean_range) and mean_range > 0):
+        raise ValueError(f"mean_range must be a positive number, got {mean_range}")
     methods = list(METHOD_DEPTHS)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if boundary_dataset is None:
         boundary_dataset = (ks[1] if len(ks) > 1 else ks[0], 0)
+    opt_text = ("Adam(lr, betas=(0.9, 0.999), eps=1e-8), fused, stacked over models" if cfg.optimizer == "adam" else
+                f"SGD(lr, momentum={cfg.momentum}, dampening=0, nesterov=False), fused, stacked over models")
     config = {"realisations_per_k": realisations_per_k, "ks": list(ks), "epochs": epochs, "seed": seed,
               "n_train": n_train, "n_test": n_test, "mmlb_pairs": mmlb_pairs, "mmlb_alpha": 1.0,
+              "mean_range": float(mean_range), "means": f"U([-{mean_range:g}, {mean_range:g}]^2)",
               "train": {**dataclasses.asdict(cfg), "depths": list(cfg.depths)}, "methods": METHOD_DEPTHS,
-              "optimizer": "Adam(lr, betas=(0.9, 0.999), eps=1e-8), fused, stacked over models",
+              "optimizer": opt_text,
               "init": "nn.Linear default U(±1/sqrt(fan_in)), one per dataset, shared by its methods",
               "boundary_dataset": list(boundary_dataset)}
     partial = out / "toy_depth.partial.json"
@@ -657,7 +726,7 @@ def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4
             chunks += [(k, mine[i:i + chunk_datasets]) for i in range(0, len(mine), chunk_datasets)]
         for K, rs in chunks:
             bar.set_description(f"toy-depth K={K}")
-            datas = [make_dataset(seed, K, r, n_train, n_test) for r in rs]
+            datas = [make_dataset(seed, K, r, n_train, n_test, mean_range) for r in rs]
             t0 = time.perf_counter()
             stats_ = [mmlb(d.spec, alpha=1.0, n_pairs=mmlb_pairs,
                            rng=np.random.default_rng(_stream(seed, K, d.realisation, 2))) for d in datas]
@@ -687,7 +756,8 @@ def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4
                     "final_train_loss": {m: float(losses[j * D + i, -1]) for j, m in enumerate(methods)},
                 })
                 if (K, d.realisation) == tuple(boundary_dataset):
-                    _save_boundaries(model, i, D, d, methods, seed, out / "decision_boundaries.npz")
+                    _save_boundaries(model, i, D, d, methods, seed, out / "decision_boundaries.npz",
+                                     lim=2.0 * mean_range)
             records.sort(key=lambda r: (r["K"], r["realisation"]))
             atomic_write_json(partial, {"config": config, "records": records})
     finally:
@@ -698,7 +768,10 @@ def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4
     result = {"study": "toy-depth (seed 002 §3, METHODS.md §2)", "config": config, "summary": summary,
               "timing": {"wall_s": time.perf_counter() - t_start, "train_and_eval_s": t_train, "mmlb_s": t_mmlb,
                          "threads": int(threads) if threads else old_threads, "precision": precision,
-                         "compiled_adam": bool(compile and _COMPILED.get("fn") is not None),
+                         "compiled_adam": bool(compile and cfg.optimizer == "adam"
+                                               and _COMPILED.get("fn") is not None),
+                         "compiled_update": bool(compile and _COMPILED.get(
+                             "fn" if cfg.optimizer == "adam" else f"fn_{cfg.optimizer}") is not None),
                          "resumed_datasets": len(done), "chunk_datasets": chunk_datasets},
               "versions": _versions(), "records": records}
     figures = {"excess_vs_mmlb_quartile": "excess_vs_mmlb_quartile.png", "mmlb_vs_bayes_risk": "mmlb_vs_bayes_risk.png"}
