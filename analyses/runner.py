@@ -22,8 +22,8 @@ from torch.utils.data import Dataset
 
 import analyses  # noqa: F401  (registers every analysis)
 from analyses.registry import ANALYSES, Inputs, Output
-from embedlab.checkpoint import load_model, resolve_checkpoint, utc_now, versions
-from embedlab.config import check_option_types
+from embedlab.checkpoint import check_meta, load_model, resolve_checkpoint, utc_now, versions
+from embedlab.config import MAX_CLASSES, check_option_types
 from embedlab.data import DataSource, create_dataset, without_label_noise
 from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write, atomic_write_json, sha256_file
@@ -68,8 +68,11 @@ def select_analyses(spec: str) -> list[str]:
 
 def open_checkpoint(path: str | Path, device: str, data_root: str | None) -> Source:
     weights = resolve_checkpoint(path)
-    name = weights.parent.name if weights.name in ("model.safetensors", "best.safetensors") else weights.stem
+    # resolved: `analyze .` inside a run directory is named after that directory, not ""
+    name = (weights.resolve().parent.name if weights.name in ("model.safetensors", "best.safetensors")
+            else weights.stem)
     model, meta = load_model(weights, device)
+    check_meta(meta, weights, require_dataset=True)
     cfg = meta.get("config", {})
     ds_name = meta["dataset"]["name"]
     data, noise = _clean(create_dataset(ds_name, data_root or cfg.get("data_root"), False,
@@ -90,12 +93,20 @@ def _clean(data: DataSource, known: dict[str, Any] | None = None) -> tuple[DataS
     return clean, known or data.describe()["label_noise"]
 
 
-def open_spec(path: str | Path, device: str, data_root: str | None) -> Source:
-    """An external model described by a JSON spec (see :mod:`embedlab.external`)."""
+CODE_KINDS = {"factory": "imports and calls the Python function {arch!r}",
+              "torchscript": "runs the TorchScript program in {weights!r}"}
+
+
+def open_spec(path: str | Path, device: str, data_root: str | None, trust_code: bool = False) -> Source:
+    """An external model described by a JSON spec (see :mod:`embedlab.external`). Kinds ``factory`` and
+    ``torchscript`` run code from outside embedlab when loaded: only with ``trust_code`` (``--trust-code``)."""
     from embedlab.external import build_external, read_spec
 
     p = Path(path)
     spec = read_spec(p)
+    if spec.kind in CODE_KINDS and not trust_code:
+        raise EmbedlabError(f"model spec {p}: kind {spec.kind!r} " + CODE_KINDS[spec.kind].format(
+            arch=spec.arch, weights=spec.weights) + "; refusing without --trust-code (pass it only for code you trust)")
     data, noise = _clean(create_dataset(spec.dataset, data_root or spec.data_root, False, **spec.dataset_options))
     model, sha = build_external(spec, data.info.input_shape, data.info.num_classes, p.parent)
     with torch.no_grad():
@@ -115,24 +126,35 @@ def open_arrays(path: str | Path) -> Source:
 
     p = Path(path)
     splits, classes = read_arrays(p)
+    # the class count comes from what the file holds (label values, logit columns, class names) and is bounded
+    # before anything per class is allocated: a label of 10**9 in a few-byte file must not build 10**9 names
     n_cls = max(int(s["labels"].max()) + 1 for s in splits.values())
     widths = {s["logits"].shape[1] for s in splits.values() if s["logits"] is not None}
     if widths and widths != {max(n_cls, *widths)}:
         raise EmbedlabError(f"{p}: logits have {sorted(widths)} columns but labels reach class {n_cls - 1}")
     n_cls = max(n_cls, *widths) if widths else n_cls
+    if n_cls > MAX_CLASSES:
+        raise EmbedlabError(f"{p}: {n_cls} classes; embedlab reads at most {MAX_CLASSES}")
     if classes is not None and len(classes) < n_cls:
         raise EmbedlabError(f"{p}: {len(classes)} class names for {n_cls} classes")
+    n_examples = sum(len(s["labels"]) for s in splits.values())
+    if classes is None and not widths and n_cls > n_examples:
+        raise EmbedlabError(f"{p}: labels reach class {n_cls - 1} but there are only {n_examples} examples; labels "
+                            f"must be class indices 0 .. C-1 (for classes without examples, give 'classes' names or "
+                            f"'logits')")
     classes = classes or tuple(str(i) for i in range(n_cls))
     arrays = {k: Extracted(v["embeddings"], v["logits"], v["labels"]) for k, v in splits.items()}
     meta = {"model": {"name": "precomputed"}, "method": {"name": "–", "options": {}}, "dataset": {"name": p.stem}}
     return Source(p.stem, p, sha256_file(p), meta, classes, arrays=arrays)
 
 
-def open_source(path: str | Path, device: str = "cpu", data_root: str | None = None) -> Source:
-    """Dispatch on what ``path`` is: a model spec (.json), precomputed arrays (.npz), or an embedlab checkpoint."""
+def open_source(path: str | Path, device: str = "cpu", data_root: str | None = None, *,
+                trust_code: bool = False) -> Source:
+    """Dispatch on what ``path`` is: a model spec (.json), precomputed arrays (.npz), or an embedlab checkpoint.
+    ``trust_code``: allow model specs that run code (kinds ``factory`` and ``torchscript``)."""
     p = Path(path)
     if p.suffix == ".json" and p.is_file():
-        return open_spec(p, device, data_root)
+        return open_spec(p, device, data_root, trust_code)
     if p.suffix == ".npz":
         if not p.exists():
             raise EmbedlabError(f"arrays file not found: {p}")
@@ -158,8 +180,9 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
                    cache_dir: str | Path | None = None, device: str = "cpu", force: bool = False,
                    progress: bool = True, settings: dict[str, dict[str, Any]] | None = None,
                    ood: list[str] | None = None, data_root: str | None = None) -> Path:
-    """Run analyses on one source; writes ``out_root/<name>/results.json`` and ``arrays.npz``."""
-    out = Path(out_root) / src.name
+    """Run analyses on one source; writes ``out_root/<name>/results.json`` and ``arrays.npz`` (``<name>``: the
+    source's name made a safe directory name, always directly under ``out_root``)."""
+    out = Path(out_root) / safe_dir_name(src.name)
     _check_overwrite(out / "results.json", src.sha256, force)
     chosen = analyses or ANALYSES.names()
     settings = settings or {}
@@ -204,6 +227,10 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
             res: Output = ANALYSES.get(a).obj(inp, **settings.get(a, {}))
         except (ValueError, TypeError) as e:
             if not settings.get(a):
+                if isinstance(e, ValueError):  # the input cannot support the analysis (e.g. one example per class)
+                    raise EmbedlabError(f"{src.path}: analysis {a!r} cannot run on this input: "
+                                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__} "
+                                        f"(leave it out with --analyses)") from e
                 raise
             given = ", ".join(f"{k}={v}" for k, v in settings[a].items())
             raise EmbedlabError(f"--opt {a}: analysis {a!r} rejected the settings {given}: "
@@ -235,9 +262,22 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
 
 
 def analyze_path(path: str | Path, out_root: str | Path, *, device: str = "cpu", data_root: str | None = None,
-                 **kw: Any) -> Path:
-    """Analyse a checkpoint, a model spec (.json) or precomputed arrays (.npz)."""
-    return analyze_source(open_source(path, device, data_root), out_root, device=device, data_root=data_root, **kw)
+                 trust_code: bool = False, **kw: Any) -> Path:
+    """Analyse a checkpoint, a model spec (.json) or precomputed arrays (.npz). ``trust_code``: allow model specs
+    that run code (kinds ``factory`` and ``torchscript``; ``embedlab analyze --trust-code``)."""
+    return analyze_source(open_source(path, device, data_root, trust_code=trust_code), out_root, device=device,
+                          data_root=data_root, **kw)
+
+
+def safe_dir_name(name: str, limit: int = 200) -> str:
+    """``name`` as one directory name that stays where it is put: path separators and control characters become
+    ``_``, leading dots and spaces are dropped (no ``..``, no hidden folder), at most ``limit`` bytes (UTF-8);
+    never empty. ``"../../escaped"`` → ``"_.._escaped"``, ``"/tmp/x"`` → ``"_tmp_x"``."""
+    import re
+
+    safe = re.sub(r"[/\\\x00-\x1f\x7f]", "_", str(name)).lstrip(". ")
+    safe = safe.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore").rstrip(" ")
+    return safe if safe not in ("", ".", "..") else "model"
 
 
 
@@ -294,7 +334,7 @@ def _check_overwrite(results: Path, sha: str, force: bool) -> None:
         return
     try:
         old = json.loads(results.read_text())["model"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         old = None
     if old != sha:
         raise EmbedlabError(f"{results} holds results of another model; choose another --out or pass --force")

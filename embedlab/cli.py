@@ -114,8 +114,9 @@ def _check_new_run(out: Path, force: bool, resume: bool = False) -> None:
             raise EmbedlabError(f"--resume: {out} holds a checkpoint but no {STATE_FILE} to resume from; "
                                 f"choose another --out, or pass --force instead of --resume to overwrite it")
         return
-    if ((out / WEIGHTS).exists() or (out / STATE_FILE).exists()) and not force:
-        raise EmbedlabError(f"{out / WEIGHTS} already exists; choose another --out, pass --resume to continue it "
+    existing = next((out / n for n in (WEIGHTS, STATE_FILE) if (out / n).exists()), None)
+    if existing is not None and not force:
+        raise EmbedlabError(f"{existing} already exists; choose another --out, pass --resume to continue it "
                             f"or --force to overwrite")
     if force and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 touches files
         for name in ("metrics.jsonl", STATE_FILE):
@@ -161,7 +162,7 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     for m in a.models:
         out = analyze_path(m, a.out, analyses=chosen, cache_dir=a.cache_dir, device=_device(a.device),
                            data_root=a.data_root, force=a.force, progress=not a.no_progress, settings=settings,
-                           ood=ood)
+                           ood=ood, trust_code=a.trust_code)
         print(f"analysed {m} → {out / 'results.json'}")
     return 0
 
@@ -178,6 +179,9 @@ def cmd_report(a: argparse.Namespace) -> int:
     from reports.load import load_report_inputs
 
     out = Path(a.output)
+    if out.is_symlink() or (out.exists() and not out.is_file()):  # a device node, FIFO, socket, folder or link
+        raise EmbedlabError(f"{out} exists and is not a regular file; -o writes a new file there only in place of "
+                            f"a regular file (with --force)")
     if out.exists() and not a.force:
         raise EmbedlabError(f"{out} already exists; choose another -o or pass --force to overwrite")
     inputs = load_report_inputs(a.results)
@@ -495,6 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     an.add_argument("--data-root", help="override the dataset root recorded in the checkpoint")
     an.add_argument("--force", action="store_true", help="replace results of a different model with the same name")
+    an.add_argument("--trust-code", action="store_true",
+                    help="allow model specs of kind factory (imports and calls package.module:function) and "
+                         "torchscript (runs the TorchScript file): loading them runs their code, so pass this only "
+                         "for code you trust; without it such specs are refused")
     an.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     r = add("report", cmd_report, "write a self-contained comparative HTML report",

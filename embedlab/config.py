@@ -161,6 +161,11 @@ TRAIN_KEYS: dict[str, str] = {
 
 AMP_MODES = ("auto", "bf16", "off")
 
+# The most classes embedlab accepts from a file (labels, logits, class names, a checkpoint's head): above
+# ImageNet-21k's 21,841, and small enough that per-class arrays (class names, kNN scores, a confusion matrix's
+# rows) stay in memory. A file asking for more is refused before anything per class is allocated.
+MAX_CLASSES = 100_000
+
 
 @dataclasses.dataclass
 class TrainConfig:

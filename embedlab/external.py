@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from embedlab.config import parse_options
+from embedlab.config import MAX_CLASSES, parse_options
 from embedlab.errors import EmbedlabError
 from embedlab.io import sha256_file
 from embedlab.models import ExternalNet, _last_linear
@@ -71,8 +71,10 @@ def read_spec(path: str | Path) -> ModelSpec:
     p = Path(path)
     try:
         raw = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EmbedlabError(f"cannot read model spec {p}: {e}") from None
+    except RecursionError:
+        raise EmbedlabError(f"cannot read model spec {p}: JSON nested too deeply") from None
     if not isinstance(raw, dict):
         raise EmbedlabError(f"model spec {p}: expected a JSON object")
     for key in ("name", "kind", "dataset"):
@@ -216,21 +218,63 @@ def read_arrays(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray | None
         prefix = "" if split == "test" and "embeddings" in data else f"{split}_"
         if f"{prefix}embeddings" not in data:
             continue
-        emb = np.asarray(data[f"{prefix}embeddings"], dtype=np.float32)
         if f"{prefix}labels" not in data:
             raise EmbedlabError(f"{p}: has {prefix}embeddings but no {prefix}labels")
-        labels = np.asarray(data[f"{prefix}labels"]).astype(np.int64)
+        emb = _real_matrix(p, f"{prefix}embeddings", data[f"{prefix}embeddings"])
+        labels = _class_indices(p, f"{prefix}labels", data[f"{prefix}labels"])
         logits = data.get(f"{prefix}logits")
-        if emb.ndim != 2:
-            raise EmbedlabError(f"{p}: {prefix}embeddings must be 2-D (N, d), got shape {emb.shape}")
+        if logits is not None:
+            logits = _real_matrix(p, f"{prefix}logits", logits)
         if len(labels) != len(emb) or (logits is not None and len(logits) != len(emb)):
             raise EmbedlabError(f"{p}: {prefix}embeddings, labels and logits differ in length "
                                 f"({len(emb)}, {len(labels)}, {None if logits is None else len(logits)})")
+        if len(emb) == 0:
+            raise EmbedlabError(f"{p}: {prefix}embeddings hold no examples (0 rows); nothing to analyse")
         if not np.isfinite(emb).all() or (logits is not None and not np.isfinite(logits).all()):
             raise EmbedlabError(f"{p}: {prefix}embeddings or logits contain NaN or Inf")
-        splits[split] = {"embeddings": emb, "labels": labels,
-                         "logits": None if logits is None else np.asarray(logits, dtype=np.float32)}
+        splits[split] = {"embeddings": emb, "labels": labels, "logits": logits}
     if "test" not in splits:
         raise EmbedlabError(f"{p}: no embeddings found (expected keys embeddings + labels, or test_embeddings + test_labels)")
-    classes = tuple(str(c) for c in data["classes"]) if "classes" in data else None
+    for what, key in (("embeddings", "embeddings"), ("logits", "logits")):
+        widths = {k: v[key].shape[1] for k, v in splits.items() if v[key] is not None}
+        if len(set(widths.values())) > 1:
+            raise EmbedlabError(f"{p}: the splits' {what} differ in width ("
+                                f"{', '.join(f'{k} {w}' for k, w in widths.items())}); every split must come from "
+                                f"the same model")
+    classes = None
+    if "classes" in data:
+        names = data["classes"]
+        if names.ndim != 1 or names.dtype.kind not in "biuUS":
+            raise EmbedlabError(f"{p}: classes must be a 1-D array of names, got {names.dtype} {names.shape}")
+        if len(names) > MAX_CLASSES:
+            raise EmbedlabError(f"{p}: {len(names)} class names; embedlab reads at most {MAX_CLASSES} classes")
+        classes = tuple(str(c) for c in names)
     return splits, classes
+
+
+def _real_matrix(path: Path, key: str, a: np.ndarray) -> np.ndarray:
+    """``a`` as a float32 ``(N, d)`` array; one line for strings, complex numbers, objects or the wrong shape."""
+    if a.dtype.kind not in "biuf":
+        raise EmbedlabError(f"{path}: {key} must be real numbers, got dtype {a.dtype}")
+    if a.ndim != 2 or a.shape[1] == 0:
+        raise EmbedlabError(f"{path}: {key} must be 2-D (N, d) with d >= 1, got shape {a.shape}")
+    return np.asarray(a, dtype=np.float32)
+
+
+def _class_indices(path: Path, key: str, a: np.ndarray) -> np.ndarray:
+    """Labels as int64 class indices ``(N,)`` in ``[0, MAX_CLASSES)``; floats only when every value is a whole
+    number (never truncated), never negative."""
+    if a.ndim != 1:
+        raise EmbedlabError(f"{path}: {key} must be 1-D (N,) class indices, got shape {a.shape}")
+    if a.dtype.kind == "f":
+        if not (np.isfinite(a).all() and (a == np.round(a)).all()):
+            raise EmbedlabError(f"{path}: {key} must be whole-number class indices, got non-integer values "
+                                f"such as {float(a[~(np.isfinite(a) & (a == np.round(a)))][0])}")
+    elif a.dtype.kind not in "iub":
+        raise EmbedlabError(f"{path}: {key} must be integer class indices, got dtype {a.dtype}")
+    if a.size and a.min() < 0:
+        raise EmbedlabError(f"{path}: {key} must be class indices >= 0, got {a.min()}")
+    if a.size and a.max() >= MAX_CLASSES:
+        raise EmbedlabError(f"{path}: {key} reach class {int(a.max())}; embedlab reads at most {MAX_CLASSES} "
+                            f"classes (labels must be class indices 0 .. C-1)")
+    return a.astype(np.int64)

@@ -23,7 +23,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     """Open a temporary file next to ``path``; on clean exit, fsync and rename it onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # read-only or full file system: name the user's file, not the hidden temporary
+        e.filename = str(path)
+        raise
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, mode) as fh:
@@ -34,8 +38,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:
-            e.filename = str(path)  # a failed write (e.g. ENOSPC) names the file it was writing
+        if isinstance(e, OSError) and (e.filename is None or str(e.filename) == tmp):
+            e.filename = str(path)  # a failed write (e.g. ENOSPC) names the file it was writing, not the temporary
         raise
 
 

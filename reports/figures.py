@@ -343,6 +343,9 @@ def ood_figures(groups: Sequence[Group], colors: Mapping[str, str]) -> dict[str,
 # --------------------------------------------------------------------------------------------- confusion
 
 
+MAX_CONFUSION_CLASSES = 2000
+
+
 def confusion_counts(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """``(k, k)`` counts: row = true class, column = predicted class (argmax of the logits, ties to the lowest)."""
     pred = np.argmax(logits, axis=1)
@@ -356,6 +359,8 @@ def confusion_figure(g: Group) -> dict[str, Any] | None:
         return None
     names = members[0].class_names
     k = max(len(names), members[0].logits.shape[1])  # type: ignore[union-attr]
+    if k > MAX_CONFUSION_CLASSES:  # k × k counts and pixels: beyond this the figure is neither readable nor cheap
+        return None
     matrices = [confusion_counts(m.logits, m.labels, k) for m in members if m.logits.shape[1] <= k]  # type: ignore
     if not matrices:
         return None

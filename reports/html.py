@@ -182,6 +182,16 @@ def build_context(results: Sequence[ModelResult], *, title: str = "embedlab repo
     umaps = [F.umap_figure(g, settings, i, atlases, layout) for i, (g, layout) in enumerate(zip(groups, layouts))]
     datasets = list(dict.fromkeys(_dataset_label(r) for r in results))
     sizes = sorted({int(n) for r in results if isinstance(n := r.dataset.get("num_examples"), int)})
+
+    def figure(analysis: str, build: Any, *args: Any) -> Any:
+        """A figure from hand-edited or damaged plot data is one line naming the results, not a traceback."""
+        try:
+            return build(*args)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as e:
+            files = ", ".join(dict.fromkeys(str(r.path) for r in results))
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise EmbedlabError(f"malformed {analysis!r} plot data in {files}: {why}") from e
+
     ctx: dict[str, Any] = {
         "title": title,
         "generated": generated.strftime("%Y-%m-%d %H:%M UTC"),
@@ -199,12 +209,12 @@ def build_context(results: Sequence[ModelResult], *, title: str = "embedlab repo
         "umaps": umaps,
         "atlases": F.json_for_script(atlases.items),
         "umap_desc": F.umap_description(settings),
-        "align_uniform": F.align_uniform_figure(groups, colors),
-        "reliability": [f for g in groups if (f := F.reliability_figure(g)) is not None],
-        "robustness": F.robustness_figures(groups, colors),
-        "ood": F.ood_figures(groups, colors),
-        "confusion": [f for g in groups if (f := F.confusion_figure(g)) is not None],
-        "training": F.training_figures(groups, colors),
+        "align_uniform": figure("align_uniform", F.align_uniform_figure, groups, colors),
+        "reliability": [f for g in groups if (f := figure("calibration", F.reliability_figure, g)) is not None],
+        "robustness": figure("robustness", F.robustness_figures, groups, colors),
+        "ood": figure("ood", F.ood_figures, groups, colors),
+        "confusion": [f for g in groups if (f := figure("confusion", F.confusion_figure, g)) is not None],
+        "training": figure("training history", F.training_figures, groups, colors),
         "studies": [study_section(s) for s in studies],
     }
     nav = [("summary", "Summary")] if sections else []

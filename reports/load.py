@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from embedlab.config import MAX_CLASSES
 from embedlab.errors import EmbedlabError
 
 RESULTS_FILENAME = "results.json"
@@ -179,7 +180,7 @@ def _is_study_file(path: Path) -> bool:
         return False
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False  # _load_one reports the problem with the file's name
     return isinstance(data, dict) and data.get("kind") == STUDY_KIND
 
@@ -217,6 +218,8 @@ def _read_json_object(json_path: Path) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise EmbedlabError(f"invalid JSON in {json_path}: {e.msg} (line {e.lineno}, column {e.colno})") from e
+    except RecursionError:  # hundreds of thousands of nested brackets: no results file looks like that
+        raise EmbedlabError(f"invalid JSON in {json_path}: nested too deeply to read") from None
     if not isinstance(data, dict):
         raise EmbedlabError(f"invalid results file {json_path}: top level must be a JSON object")
     return data
@@ -251,6 +254,18 @@ def _load_one(json_path: Path) -> ModelResult:
                 f"labels in {json_path.parent / arrays_name} range over [{lo}, {hi}] "
                 f"but {json_path} lists {len(classes)} classes"
             )
+    elif labels.size:
+        # no class names: the class count is derived from the labels, and bounded before names are built for it
+        lo, hi = int(labels.min()), int(labels.max())
+        logit_cols = 0 if arrays["logits"] is None else arrays["logits"].shape[1]
+        if lo < 0 or hi >= min(MAX_CLASSES, max(len(labels), logit_cols)):
+            raise EmbedlabError(
+                f"labels in {json_path.parent / arrays_name} range over [{lo}, {hi}], which are not class indices "
+                f"0 .. C-1 for {len(labels)} examples ({json_path} lists no class names)"
+            )
+    if isinstance(classes, list) and len(classes) > MAX_CLASSES:
+        raise EmbedlabError(f"invalid results file {json_path}: {len(classes)} classes; embedlab reads at most "
+                            f"{MAX_CLASSES}")
 
     name = (results.get("model") or {}).get("name")
     if not isinstance(name, str) or not name.strip():

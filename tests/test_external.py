@@ -62,7 +62,7 @@ def test_torchscript_model(tmp_path):
             "embedding": "method:forward_features"}
     (tmp_path / "ts.json").write_text(json.dumps(spec))
     out = analyze_path(tmp_path / "ts.json", tmp_path / "res", analyses=["accuracy", "align_uniform"],
-                       cache_dir=tmp_path / "cache", progress=False)
+                       cache_dir=tmp_path / "cache", progress=False, trust_code=True)
     with np.load(out / "arrays.npz") as a:
         assert a["embeddings"].shape == (360, 16) and a["logits"].shape == (360, 10)
 
@@ -77,7 +77,7 @@ def test_factory_model_with_named_embedding_layer(tmp_path, monkeypatch):
             "dataset": "digits", "embedding": "2"}
     (tmp_path / "fac.json").write_text(json.dumps(spec))
     out = analyze_path(tmp_path / "fac.json", tmp_path / "res", analyses=["align_uniform"],
-                       cache_dir=tmp_path / "cache", progress=False)
+                       cache_dir=tmp_path / "cache", progress=False, trust_code=True)
     with np.load(out / "arrays.npz") as a:
         assert a["embeddings"].shape == (360, 12)
 

@@ -325,7 +325,7 @@ def test_load_missing_path(tmp_path: Path) -> None:
 
 def test_load_no_results_json(tmp_path: Path) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    with pytest.raises(EmbedlabError, match=r"no results.json or study file \(toy_depth.json, confmix.json\) found"):
+    with pytest.raises(EmbedlabError, match=r"no results.json or study file \(toy_depth.json, confmix.json, benchmark.json\) found"):
         load_results([tmp_path / "empty"])
 
 

@@ -46,11 +46,20 @@ def env_from_environ() -> DistEnv:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a torch device; anything else is one clear line."""
+    import re
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:[0-9]{1,4})?", name):
+        raise EmbedlabError(f"device must be auto, cpu or cuda[:N], got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise EmbedlabError(f"device {name!r} requested but CUDA is not available on this machine")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise EmbedlabError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                            f"device(s)")
+    return device
 
 
 def setup(device_name: str) -> tuple[DistEnv, torch.device, bool]:
