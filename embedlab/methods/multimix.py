@@ -196,7 +196,7 @@ class DenseMultiMix(WithFallback):
     Options = DenseMultiMixOptions
     space, examples_per_mix, generated_per_batch, factor_distribution = (
         "embedding (per position)", "m = b", "n·r", "Dirichlet(α·1_m), attention-weighted")
-    loss_terms = "n·r"
+    loss_terms = "n·r + n"
     reference = "Venkataramanan et al., Dense MultiMix §3.3"
 
     def __init__(self, options: Any) -> None:

@@ -140,8 +140,9 @@ def _numeric_metrics(results: dict[str, Any]) -> dict[str, float]:
 
 
 def _directions(results: dict[str, Any]) -> dict[str, str]:
-    return {k: e["direction"] for k, e in (results.get("metrics") or {}).items()
-            if isinstance(e, dict) and isinstance(e.get("direction"), str)}
+    """``{metric: "higher" | "lower"}``, the better direction of each metric that states one."""
+    return {k: "higher" if e["higher_is_better"] else "lower" for k, e in (results.get("metrics") or {}).items()
+            if isinstance(e, dict) and isinstance(e.get("higher_is_better"), bool)}
 
 
 def summarise(specs: Sequence[MethodSpec], seeds: Sequence[int], per_run: dict[str, dict[str, dict[str, float]]],

@@ -1,0 +1,69 @@
+"""Markdown tables for docs/RESULTS.md from an ``embedlab study benchmark`` result file.
+
+    python benchmarks/results_tables.py docs/results/digits-noise40/benchmark.json accuracy ece silhouette
+
+prints one table: per method, each metric's mean ± std over seeds and, for every method but the baseline, the paired
+difference to the baseline with its 95 % Student-t interval (in percentage points for metrics in [0, 1] that are
+rates: accuracies, ECE; plain units otherwise). A difference whose interval excludes 0 is marked with *.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RATES = ("accuracy", "acc", "ece", "auroc", "fpr95", "mce", "brier")
+
+
+def is_rate(metric: str) -> bool:
+    return any(token in metric for token in RATES)
+
+
+def cell(entry: dict | None, metric: str) -> tuple[str, str]:
+    if not entry:
+        return "–", "–"
+    scale, unit = (100.0, "") if is_rate(metric) else (1.0, "")
+    std = entry.get("std")
+    mean = f"{scale * entry['mean']:.2f} ± {scale * std:.2f}" if std is not None else f"{scale * entry['mean']:.2f}"
+    if scale == 1.0:
+        mean = f"{entry['mean']:.3f} ± {std:.3f}" if std is not None else f"{entry['mean']:.3f}"
+    d = entry.get("diff_to_baseline")
+    if not d:
+        return mean, "–"
+    ci = d.get("ci95")
+    digits = 2 if scale == 100.0 else 3
+    text = f"{scale * d['mean']:+.{digits}f}{unit}"
+    if ci:
+        text += f" [{scale * ci[0]:+.{digits}f}, {scale * ci[1]:+.{digits}f}]"
+        if ci[0] > 0 or ci[1] < 0:
+            text += " *"
+    return mean, text
+
+
+def table(result: dict, metrics: list[str], with_diff: bool = True) -> str:
+    base = result.get("baseline")
+    head = ["method"]
+    for m in metrics:
+        unit = " (%)" if is_rate(m) else ""
+        head += [m + unit] + ([f"Δ vs {base}"] if with_diff else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in result["rows"]:
+        cells = [f"`{row['label']}`"]
+        for m in metrics:
+            mean, diff = cell(row["metrics"].get(m), m)
+            cells += [mean] + ([diff] if with_diff else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("benchmark", type=Path, help="benchmark.json")
+    p.add_argument("metrics", nargs="+", help="metric names as in results.json")
+    p.add_argument("--no-diff", action="store_true", help="means only")
+    a = p.parse_args()
+    print(table(json.loads(a.benchmark.read_text()), a.metrics, not a.no_diff))
+
+
+if __name__ == "__main__":
+    main()
