@@ -242,7 +242,7 @@ def test_attention_gap_l1_is_relu_similarity_to_the_pooled_embedding():
     torch.testing.assert_close(a[1], s / s.sum())
     relu_map = torch.relu(fmap)  # post-ReLU features: every score ≥ 0, no position is zeroed out
     assert (attention_gap(relu_map, None, None, "l1") > 0).all()
-    with pytest.raises(EmbedlabError, match="attention_norm: one of softmax, l1"):
+    with pytest.raises(EmbedlabError, match="attention_norm: one of auto, softmax, l1"):
         create_method("dense_multimix", {"attention_norm": "sigmoid"})
     with pytest.raises(EmbedlabError, match=r"global_weight: must be in \[0, 1\]"):
         create_method("dense_multimix", {"global_weight": 1.5})

@@ -112,7 +112,7 @@ def multimix_terms(logits: Tensor, targets: Tensor, lam: Tensor) -> Tensor:
 @dataclass
 class DenseMultiMixOptions(MultiMixOptions):
     attention: str = "gap"
-    attention_norm: str = "softmax"
+    attention_norm: str = "auto"
     per_position: bool = True
     global_weight: float = 0.5
     chunk: int = 250
@@ -157,7 +157,8 @@ def attention_none(fmap: Tensor, y: Tensor, weight: Tensor, norm: str = "") -> T
 
 
 ATTENTION = {"gap": attention_gap, "cam": attention_cam, "none": attention_none}
-ATTENTION_NORMS = ("softmax", "l1")
+ATTENTION_NORMS = ("auto", "softmax", "l1")
+DEFAULT_NORM = {"gap": "softmax", "cam": "l1", "none": "l1"}  # METHODS.md §1.2's definitions
 
 
 def dense_weights(lam: Tensor, att: Tensor) -> Tensor:
@@ -189,7 +190,8 @@ class DenseMultiMix(WithFallback):
     MultiMix (eqs. 6–8, its own Λ) on the pooled embeddings ``mean_j Z_i^j``, the path inference takes
     (``global_weight`` β, default 0.5; β = 0 is the dense loss alone, β = 1 is MultiMix). Further **[choices]**:
     ``attention`` gap (``h(Z_i^T z̄_i)``, z̄_i the GAP embedding), cam (``h(Z_i^T w_{y_i})``) or none;
-    ``attention_norm`` h = ``softmax`` or ``l1`` (ReLU then ℓ1; the seeds do not show which); ``per_position``:
+    ``attention_norm`` h = ``softmax`` or ``l1`` (ReLU then ℓ1; the seeds do not show which; ``auto``: METHODS.md's
+    softmax for gap, ℓ1 for cam); ``per_position``:
     an independent λ_k^j per position (METHODS.md) or one λ_k for all positions. docs/RESULTS.md has the ablation.
     Generated examples are processed in chunks of ``chunk`` so memory is O(chunk·r·c)."""
 
@@ -221,8 +223,8 @@ class DenseMultiMix(WithFallback):
             fmap, yy, y = fmap[sel], yy[sel], y[sel]
         m, d, r = fmap.shape
         with torch.no_grad():
-            att = self.attention(fmap.detach().float(), y, model.head.weight.detach().float(),
-                                 self.opts.attention_norm)  # (m, r)
+            norm = self.opts.attention_norm if self.opts.attention_norm != "auto" else DEFAULT_NORM[self.opts.attention]
+            att = self.attention(fmap.detach().float(), y, model.head.weight.detach().float(), norm)  # (m, r)
         if not self.opts.exact_embedding_mix:
             dense_logits = model.forward_head(fmap.transpose(1, 2)).float()  # g per position: (m, r, c)
         beta = self.opts.global_weight

@@ -145,6 +145,16 @@ def _directions(results: dict[str, Any]) -> dict[str, str]:
             if isinstance(e, dict) and isinstance(e.get("higher_is_better"), bool)}
 
 
+def _training_seconds(run: Path, fallback: float) -> float:
+    """The run's training time: the sum of its epochs' ``seconds`` in meta.json (true also for a run finished by an
+    earlier invocation and only reused now), else ``fallback``."""
+    try:
+        history = json.loads((run / "meta.json").read_text()).get("history") or []
+        return float(sum(float(h.get("seconds", 0.0)) for h in history)) or fallback
+    except (OSError, ValueError, TypeError, AttributeError):
+        return fallback
+
+
 def summarise(specs: Sequence[MethodSpec], seeds: Sequence[int], per_run: dict[str, dict[str, dict[str, float]]],
               baseline: str | None) -> list[dict[str, Any]]:
     """One row per method: per metric the mean/std/CI over seeds and the paired difference to ``baseline``.
@@ -198,7 +208,7 @@ def run_benchmark(base: TrainConfig, out_dir: str | Path, *, specs: Sequence[Met
             log(f"[benchmark {done}/{total}] {spec.label}, seed {seed}")
             t_run = time.perf_counter()
             ckpt = train(cfg, run, progress=progress, log=log, resume=True)
-            t_train = time.perf_counter() - t_run
+            t_train = _training_seconds(run, time.perf_counter() - t_run)
             res_dir = analyze(ckpt, name)
             results = json.loads((res_dir / "results.json").read_text())
             per_run.setdefault(spec.label, {})[str(seed)] = _numeric_metrics(results)
@@ -211,6 +221,7 @@ def run_benchmark(base: TrainConfig, out_dir: str | Path, *, specs: Sequence[Met
                 "analyses": list(analyses), "analysis_settings": analysis_settings or {}, "methods": [dataclasses.asdict(s) for s in specs],
                 "complete": done == total, "rows": summarise(specs, seeds, per_run, baseline),
                 "directions": directions, "results": runs_index, "train_seconds": timing,
+                "train_seconds_total": round(sum(v for m in timing.values() for v in m.values()), 1),
                 "seconds": time.perf_counter() - t0, "versions": versions(),
                 "statistics": "per metric: mean, sample std and Student-t 95 % interval over seeds; diff_to_baseline: "
                               "the same over the seeds of the paired difference method − baseline (same seed)",
