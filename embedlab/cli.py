@@ -131,8 +131,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.seeds is not None:
         if a.seed is not None:
             raise EmbedlabError("give either --seed or --seeds, not both")
-        if not a.seeds or len(set(a.seeds)) != len(a.seeds) or min(a.seeds) < 0:
-            raise EmbedlabError(f"--seeds: expected distinct integers >= 0, got {','.join(map(str, a.seeds))!r}")
+        _check_seeds(a.seeds, ",".join(map(str, a.seeds)))
     if a.resume and a.force:
         raise EmbedlabError("--resume continues a run and --force overwrites it: give only one of them")
     out = Path(a.out)
@@ -304,6 +303,7 @@ def _study_benchmark(a: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
     import dataclasses
 
     from analyses.runner import analyze_source, check_settings, open_source, select_analyses
+    from embedlab.io import sha256_file
     from reports.html import render_report
     from reports.load import load_results, load_study
     from trainers.studies.benchmark import FILENAME, markdown_table, parse_method_specs, run_benchmark
@@ -323,14 +323,14 @@ def _study_benchmark(a: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
     same_analyses = previous.get("analyses") == chosen and previous.get("analysis_settings", {}) == settings
 
     def analyze(ckpt: Path, name: str) -> Path:
-        src = dataclasses.replace(open_source(ckpt, device), name=name)
         res = out / "results" / name / "results.json"
         if same_analyses and res.is_file() and (out / "results" / name / "arrays.npz").is_file():
             try:
-                if json.loads(res.read_text())["model"]["sha256"] == src.sha256:
-                    return res.parent  # analysed before with these weights and these analyses
+                if json.loads(res.read_text())["model"]["sha256"] == sha256_file(ckpt):
+                    return res.parent  # analysed before with these weights and these analyses: not even loaded
             except (OSError, ValueError, KeyError, TypeError):
                 pass
+        src = dataclasses.replace(open_source(ckpt, device), name=name)
         return analyze_source(src, out / "results", analyses=chosen, cache_dir=out / "cache", device=device,
                               force=True, progress=not a.no_progress, settings=settings)
 
@@ -351,6 +351,11 @@ def _seed_list(text: str) -> tuple[int, ...]:
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise EmbedlabError(f"--seeds: expected comma-separated integers >= 0, got {text!r}") from None
+    return _check_seeds(seeds, text)
+
+
+def _check_seeds(seeds: tuple[int, ...], text: str) -> tuple[int, ...]:
+    """``--seeds`` of train and study: at least one, distinct, none negative."""
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise EmbedlabError(f"--seeds: expected distinct integers >= 0, got {text!r}")
     return seeds

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from reports import svg
 from reports.load import StudyResult
-from reports.tables import MISSING, format_sig
+from reports.tables import MISSING, format_sig, label_noise_text
 
 MAX_GENERIC_ROWS = 200
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -143,11 +143,13 @@ BENCHMARK_METRICS = ("accuracy", "knn_accuracy", "linear_probe_accuracy", "ece",
 
 
 def _noise(ds: Mapping[str, Any]) -> str | None:
-    """``40 % symmetric`` from dataset options with ``label_noise`` (None without label noise)."""
+    """The label noise of a study's dataset options (``label_noise``, ``label_noise_kind``, ``label_noise_seed``) in
+    the report's wording (:func:`reports.tables.label_noise_text`); None without label noise."""
     frac = ds.get("label_noise")
     if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not frac:
         return None
-    return f"{100 * frac:g} % {ds.get('label_noise_kind', 'symmetric')} (training labels only)"
+    noise = {"fraction": frac, "kind": ds.get("label_noise_kind", "symmetric"), "seed": ds.get("label_noise_seed", 0)}
+    return f"{label_noise_text(noise)} (training labels only)"
 
 
 def _benchmark_tables(data: Mapping[str, Any]) -> list[dict[str, Any]]:

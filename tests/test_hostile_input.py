@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from embedlab.checkpoint import save_checkpoint
 from embedlab.cli import main
 from embedlab.models import create_model
+from tests.test_bad_input import _npz
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,17 +61,6 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     return lines[0]
-
-
-def _npz(path: Path, **override) -> Path:
-    rng = np.random.default_rng(0)
-    y = np.arange(30) % 3
-    z = rng.normal(size=(30, 4)) + 3 * np.eye(4)[y]
-    arrays = {"train_embeddings": z, "train_labels": y, "test_embeddings": z, "test_labels": y,
-              "test_logits": 2.0 * np.eye(3)[y], **override}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
-    return path
 
 
 def _meta() -> dict:

@@ -117,6 +117,12 @@ def _small_problem(D: int, n: int, K: int, cfg: ToyTrainConfig, seed: int = 0):
 @pytest.mark.parametrize("depths,D", [((None, 2), 3), (tuple(METHOD_DEPTHS.values()), 2)], ids=["baseline+k2", "all5"])
 def test_batched_trainer_equals_one_model_at_a_time(depths, D):
     cfg = ToyTrainConfig(hidden=(16, 16, 16), epochs=2, batch_size=10, lr=1e-2, depths=depths, precision="fp32")
+    _assert_batched_equals_reference(cfg, depths, D)
+
+
+def _assert_batched_equals_reference(cfg: ToyTrainConfig, depths: tuple, D: int):
+    """Train every (method, dataset) model stacked and one at a time (``train_reference``); same losses and
+    parameters, and every model moved away from its shared initialisation. Returns the problem and the stack."""
     n, K = 40, 3
     x, y, inits, scheds = _small_problem(D, n, K, cfg)
     bm = BatchedMLP(inits, cfg)
@@ -131,6 +137,7 @@ def test_batched_trainer_equals_one_model_at_a_time(depths, D):
                 torch.testing.assert_close(b, ref[2 * i].bias.detach(), rtol=1e-4, atol=1e-6)
             # the trained models moved away from the shared initialisation
             assert not torch.allclose(bm.model_params(j * D + d)[1][0], inits[d][1][0])
+    return (x, y, inits, scheds), bm
 
 
 def test_mixup_methods_differ_from_baseline_and_share_init():
@@ -272,18 +279,7 @@ def test_sgd_batched_trainer_equals_one_model_at_a_time():
     depths, D = tuple(METHOD_DEPTHS.values()), 2
     cfg = ToyTrainConfig(hidden=(16, 16, 16), epochs=2, batch_size=10, lr=0.05, depths=depths, precision="fp32",
                          optimizer="sgd")
-    n, K = 40, 3
-    x, y, inits, scheds = _small_problem(D, n, K, cfg)
-    bm = BatchedMLP(inits, cfg)
-    losses = bm.fit(x, y, scheds)
-    for j, k in enumerate(depths):
-        for d in range(D):
-            ref, ref_losses = train_reference(x[d], y[d], inits[d], scheds[d], k, cfg, K)
-            torch.testing.assert_close(losses[j * D + d], ref_losses, rtol=1e-5, atol=1e-6)
-            for i, (w, b) in enumerate(bm.model_params(j * D + d)):
-                torch.testing.assert_close(w, ref[2 * i].weight.detach().T, rtol=1e-4, atol=1e-6)
-                torch.testing.assert_close(b, ref[2 * i].bias.detach(), rtol=1e-4, atol=1e-6)
-            assert not torch.allclose(bm.model_params(j * D + d)[1][0], inits[d][1][0])
+    (x, y, inits, scheds), bm = _assert_batched_equals_reference(cfg, depths, D)
     # and SGD is not Adam: the same problem under Adam ends elsewhere
     adam = BatchedMLP(inits, dataclasses.replace(cfg, optimizer="adam"))
     adam.fit(x, y, scheds)
