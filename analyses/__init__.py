@@ -2,7 +2,7 @@
 checkpoint, an external model or precomputed arrays into ``results.json``. Importing the package registers every
 analysis."""
 
-from analyses import basic, calibration, clustering, convexity, ood, robustness  # noqa: F401  (registration)
-from analyses.registry import ANALYSES, Inputs, Output, metric, register_analysis
+from embedlab.analyses import basic, calibration, clustering, convexity, ood, robustness  # noqa: F401  (registration)
+from embedlab.analyses.registry import ANALYSES, Inputs, Output, metric, register_analysis
 
 __all__ = ["ANALYSES", "Inputs", "Output", "metric", "register_analysis"]

@@ -1,8 +1,8 @@
 """Core embedding-space analyses: accuracy, weighted kNN accuracy, alignment and uniformity."""
 from __future__ import annotations
 
-from analyses import metrics as M
-from analyses.registry import Inputs, Output, metric, register_analysis
+from embedlab.analyses import metrics as M
+from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
 
 
 @register_analysis("accuracy", description="top-1 test accuracy of the model's classifier", needs=("test", "logits"))

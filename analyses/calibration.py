@@ -1,14 +1,14 @@
 """Calibration of the classifier's confidence: ECE variants, MCE, NLL, Brier, temperature scaling (METHODS.md §3).
 
 Pure functions take ``logits`` (N, C) and integer ``labels`` (N,) and return Python floats; they compute in float64
-on the device of the inputs. Top-label ECE and reliability-diagram data live in :mod:`analyses.metrics` and are
+on the device of the inputs. Top-label ECE and reliability-diagram data live in :mod:`embedlab.analyses.metrics` and are
 reused here. The registered analysis ``calibration`` (bottom of the file) fits a temperature on the *validation*
 split and reports every metric on the *test* split before (``ece``, …) and after (``ece_ts``, …) scaling.
 
 Conventions:
 
 - confidence ``conf_i = max_c softmax(z_i)_c``, prediction ``pred_i = argmax_c z_i`` (ties to the lowest class);
-- equal-width bins are ``(k/B, (k+1)/B]`` (as :func:`analyses.metrics.expected_calibration_error`);
+- equal-width bins are ``(k/B, (k+1)/B]`` (as :func:`embedlab.analyses.metrics.expected_calibration_error`);
 - Brier is summed over classes and averaged over examples (Brier 1950), so it lies in ``[0, 2]``;
 - NLL uses the natural logarithm.
 """
@@ -19,9 +19,9 @@ import math
 import torch
 from torch import Tensor
 
-from analyses import metrics as M
-from analyses.metrics import _check_class_logits
-from analyses.registry import Inputs, Output, metric, register_analysis
+from embedlab.analyses import metrics as M
+from embedlab.analyses.metrics import _check_class_logits
+from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
 
 __all__ = [
     "adaptive_calibration_error",
@@ -89,7 +89,7 @@ def maximum_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = DEFA
 
     Shapes: ``logits`` (N, C), ``labels`` (N,) integer.
 
-    With the bins ``(k/B, (k+1)/B]`` of :func:`analyses.metrics.expected_calibration_error`:
+    With the bins ``(k/B, (k+1)/B]`` of :func:`embedlab.analyses.metrics.expected_calibration_error`:
 
     ``MCE = max_{b : |B_b| > 0} | acc(B_b) - conf(B_b) |``.
 

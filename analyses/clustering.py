@@ -23,8 +23,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
-from analyses.metrics import _check_chunk, _check_labels, _check_matrix, _to_faiss, _upper_triangle_blocks
-from analyses.registry import Inputs, Output, metric, register_analysis
+from embedlab.analyses.metrics import _check_chunk, _check_labels, _check_matrix, _to_faiss, _upper_triangle_blocks
+from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
 
 __all__ = [
     "adjusted_rand_index",

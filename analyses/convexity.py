@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from analyses.registry import Inputs, Output, metric, register_analysis
+from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
 from embedlab.sampling import beta
 
 

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from analyses import metrics as M
-from analyses.registry import Inputs, Output, metric, register_analysis
+from embedlab.analyses import metrics as M
+from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
 from embedlab.data import collate_batched
 from embedlab.errors import EmbedlabError
 from embedlab.registry import Registry
@@ -179,7 +179,7 @@ def knn_score(z_train: Tensor, z: Tensor, k: int = 50) -> Tensor:
     """Deep nearest neighbours (Sun et al., ICML 2022).
 
     With ``ẑ = z / ‖z‖₂``: ``s(x) = −‖ẑ(x) − ẑ_(k)‖₂``, the distance to the k-th nearest ℓ2-normalised training
-    embedding. Neighbours are found with faiss (exact inner product, :func:`analyses.metrics.knn_search`); the
+    embedding. Neighbours are found with faiss (exact inner product, :func:`embedlab.analyses.metrics.knn_search`); the
     distance to the k-th one is then recomputed in float64. Shapes: ``z_train`` (M, d), ``z`` (N, d) → (N,) float64.
     """
     if not 1 <= k <= len(z_train):

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from analyses.registry import Inputs, Output, metric, register_analysis
+from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
 from embedlab.data import collate_batched
 from embedlab.errors import EmbedlabError
 

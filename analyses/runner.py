@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import analyses  # noqa: F401  (registers every analysis)
-from analyses.registry import ANALYSES, Inputs, Output
+import embedlab.analyses  # noqa: F401  (registers every analysis)
+from embedlab.analyses.registry import ANALYSES, Inputs, Output
 from embedlab.checkpoint import check_meta, load_model, resolve_checkpoint, utc_now, versions
 from embedlab.config import MAX_CLASSES, check_option_types
 from embedlab.data import DataSource, create_dataset, without_label_noise

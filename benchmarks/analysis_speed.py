@@ -42,8 +42,8 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-from analyses.clustering import kmeans_assignments
-from analyses.metrics import alignment, knn_accuracy, uniformity
+from embedlab.analyses.clustering import kmeans_assignments
+from embedlab.analyses.metrics import alignment, knn_accuracy, uniformity
 
 SLOW_S = 60.0  # a reference run slower than this is not repeated
 

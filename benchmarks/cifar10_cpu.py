@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from embedlab.config import TrainConfig
-from trainers import train
-from trainers.studies.confmix import test_accuracy
+from embedlab.trainers import train
+from embedlab.trainers.studies.confmix import test_accuracy
 
 METHODS = ("erm", "mixup", "manifold_mixup", "multimix", "dense_multimix")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -154,8 +154,8 @@ def bench_render(models: int, points: int, workers: int | None) -> None:
     try:
         for i in range(models):
             write_synthetic(tmp / "results", f"model{i}", seed=i, n=points)
-        import reports.figures as figures
-        from reports.umap_embed import auto_workers
+        import embedlab.reports.figures as figures
+        from embedlab.reports.umap_embed import auto_workers
 
         t: dict[str, tuple[float, float]] = {}
         real_layouts = figures.group_layouts
@@ -165,7 +165,7 @@ def bench_render(models: int, points: int, workers: int | None) -> None:
                 return real_layouts(*a, **kw)
 
         figures.group_layouts = timed_layouts  # type: ignore[assignment]
-        from reports import load_report_inputs, render_report
+        from embedlab.reports import load_report_inputs, render_report
 
         at_start = machine()
         decided = auto_workers([points] * models) if workers is None else workers  # what the report would choose
@@ -225,7 +225,7 @@ def bench_umap(n: int, d: int, k: int, neighbors: int, epochs: int) -> None:
     from sklearn.manifold import trustworthiness
     from sklearn.neighbors import KNeighborsClassifier
 
-    from reports.umap_embed import knn_graph
+    from embedlab.reports.umap_embed import knn_graph
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

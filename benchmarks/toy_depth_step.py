@@ -5,7 +5,7 @@ and the GFLOP/s of its hidden-layer product in each dtype, in one run.
     python benchmarks/toy_depth_step.py --threads 1 --compile
 
 Why: ``embedlab study toy-depth --precision auto`` picks bf16 only where the CPU has native bfloat16 matrix units
-(AMX or AVX512-BF16, :func:`trainers.studies.toy_depth.cpu_has_native_bf16`). This benchmark shows the two sides of
+(AMX or AVX512-BF16, :func:`embedlab.trainers.studies.toy_depth.cpu_has_native_bf16`). This benchmark shows the two sides of
 that choice on the machine at hand. Steps are timed round-robin (one step of each configuration per round, after
 warm-up rounds) so that machine noise hits all alike; figures are medians, in ms per model per step.
 """
@@ -19,7 +19,7 @@ import time
 import torch
 from common import dump, round_robin
 
-from trainers.studies.toy_depth import BatchedMLP, ToyTrainConfig, cpu_has_native_bf16, draw_schedule, init_params
+from embedlab.trainers.studies.toy_depth import BatchedMLP, ToyTrainConfig, cpu_has_native_bf16, draw_schedule, init_params
 
 
 def product_gflops(dtype: torch.dtype, models: int, batch: int, width: int, reps: int) -> float:

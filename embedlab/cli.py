@@ -107,7 +107,7 @@ def _check_new_run(out: Path, force: bool, resume: bool = False) -> None:
     import os
 
     from embedlab.checkpoint import WEIGHTS
-    from trainers.state import STATE_FILE
+    from embedlab.trainers.state import STATE_FILE
 
     if resume:
         if (out / WEIGHTS).exists() and not (out / STATE_FILE).exists():
@@ -126,7 +126,7 @@ def _check_new_run(out: Path, force: bool, resume: bool = False) -> None:
 def cmd_train(a: argparse.Namespace) -> int:
     import dataclasses
 
-    from trainers import distributed_session, saved_config, train
+    from embedlab.trainers import distributed_session, saved_config, train
 
     if a.seeds is not None:
         if a.seed is not None:
@@ -151,7 +151,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_analyze(a: argparse.Namespace) -> int:
-    from analyses.runner import analyze_path, select_analyses
+    from embedlab.analyses.runner import analyze_path, select_analyses
 
     chosen = select_analyses(a.analyses)
     if not a.models:
@@ -167,15 +167,15 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
 
 def _device(name: str) -> str:
-    from trainers.loop import resolve_device
+    from embedlab.trainers.loop import resolve_device
 
     return str(resolve_device(name))
 
 
 def cmd_report(a: argparse.Namespace) -> int:
     from embedlab.io import atomic_write_text
-    from reports.html import render_markdown, render_report
-    from reports.load import load_report_inputs
+    from embedlab.reports.html import render_markdown, render_report
+    from embedlab.reports.load import load_report_inputs
 
     out = Path(a.output)
     if out.is_symlink() or (out.exists() and not out.is_file()):  # a device node, FIFO, socket, folder or link
@@ -197,13 +197,13 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     import dataclasses
 
-    from analyses.runner import analyze_path
+    from embedlab.analyses.runner import analyze_path
     from embedlab.checkpoint import WEIGHTS
     from embedlab.methods import METHODS
     from embedlab.recipes import load_recipe
-    from reports.html import render_report
-    from reports.load import load_results
-    from trainers import train
+    from embedlab.reports.html import render_report
+    from embedlab.reports.load import load_results
+    from embedlab.trainers import train
 
     out = Path(a.out)
     report = out / "report.html"
@@ -241,7 +241,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_study(a: argparse.Namespace) -> int:
     out = Path(a.out)
     if a.study == "toy-depth":
-        from trainers.studies.toy_depth import run_toy_depth
+        from embedlab.trainers.studies.toy_depth import run_toy_depth
 
         ks = tuple(int(k) for k in a.ks.split(","))
         res = run_toy_depth(realisations_per_k=a.realisations, ks=ks, epochs=a.epochs or 20, seed=a.seed, out_dir=out,
@@ -253,7 +253,7 @@ def cmd_study(a: argparse.Namespace) -> int:
     cfg = _study_config(a)
     if a.study == "benchmark":
         return _study_benchmark(a, cfg, out)
-    from trainers.studies.confmix import VARIANTS, markdown_table, run_confmix_study
+    from embedlab.trainers.studies.confmix import VARIANTS, markdown_table, run_confmix_study
 
     variants = [v.strip() for v in a.variants.split(";")] if a.variants else None
     for v in variants or []:
@@ -302,11 +302,11 @@ def _study_benchmark(a: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
     """Method × seed grid: train (resumable), analyse every run, write benchmark.json and a comparative report."""
     import dataclasses
 
-    from analyses.runner import analyze_source, check_settings, open_source, select_analyses
+    from embedlab.analyses.runner import analyze_source, check_settings, open_source, select_analyses
     from embedlab.io import sha256_file
-    from reports.html import render_report
-    from reports.load import load_results, load_study
-    from trainers.studies.benchmark import FILENAME, markdown_table, parse_method_specs, run_benchmark
+    from embedlab.reports.html import render_report
+    from embedlab.reports.load import load_results, load_study
+    from embedlab.trainers.studies.benchmark import FILENAME, markdown_table, parse_method_specs, run_benchmark
 
     specs = parse_method_specs(a.methods)
     labels = [sp.label for sp in specs]
@@ -381,7 +381,7 @@ def _read_previous(path: Path) -> dict[str, Any]:
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    from analyses.runner import ANALYSES
+    from embedlab.analyses.runner import ANALYSES
     from embedlab.data import DATASETS
     from embedlab.methods import METHODS, method_metadata
     from embedlab.models import MODELS

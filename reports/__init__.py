@@ -6,8 +6,8 @@ This package reads files on disk only. From core it imports nothing but :mod:`em
 """
 from __future__ import annotations
 
-from reports.html import render_markdown, render_report
-from reports.load import ModelResult, ReportInputs, StudyResult, load_report_inputs, load_results
+from embedlab.reports.html import render_markdown, render_report
+from embedlab.reports.load import ModelResult, ReportInputs, StudyResult, load_report_inputs, load_results
 
 __all__ = ["ModelResult", "ReportInputs", "StudyResult", "load_report_inputs", "load_results", "render_markdown",
            "render_report"]

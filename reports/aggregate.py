@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from reports.load import ModelResult
+from embedlab.reports.load import ModelResult
 
 # config keys that do not change the experiment: where and how fast it ran, logging (seed is handled separately)
 EXECUTION_KEYS = frozenset({

@@ -1,6 +1,6 @@
-"""Figure data for the report, one builder per section, from groups of results (see :mod:`reports.aggregate`).
+"""Figure data for the report, one builder per section, from groups of results (see :mod:`embedlab.reports.aggregate`).
 
-Builders return plain dicts for the template: SVG strings (from :mod:`reports.svg`, already escaped), JSON for the
+Builders return plain dicts for the template: SVG strings (from :mod:`embedlab.reports.svg`, already escaped), JSON for the
 interactive UMAP canvases (safe inside ``<script type="application/json">``), captions. Over seeds, a figure shows
 what can be pooled (reliability bins and confusion counts are summed, robust accuracy and alignment/uniformity are
 averaged) and otherwise the lowest seed, and its caption says which.
@@ -16,11 +16,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from reports import svg
-from reports.aggregate import Group, metric_stat, metric_value
-from reports.load import ModelResult
-from reports.tables import format_sig
-from reports.umap_embed import umap_2d, umap_layouts, uses_faiss
+from embedlab.reports import svg
+from embedlab.reports.aggregate import Group, metric_stat, metric_value
+from embedlab.reports.load import ModelResult
+from embedlab.reports.tables import format_sig
+from embedlab.reports.umap_embed import umap_2d, umap_layouts, uses_faiss
 
 DEFAULT_UMAP: dict[str, Any] = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "seed": 0,
                                 "max_points": 10000, "n_epochs": 200}
@@ -105,7 +105,7 @@ def layoutable(r: ModelResult) -> bool:
 def group_layouts(groups: Sequence[Group], settings: Mapping[str, Any],
                   workers: int | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """The UMAP layout of each group's shown member (None where there is nothing to lay out), in parallel
-    processes when the work is large (:func:`reports.umap_embed.umap_layouts`)."""
+    processes when the work is large (:func:`embedlab.reports.umap_embed.umap_layouts`)."""
     todo = [i for i, g in enumerate(groups) if layoutable(g.first)]
     done = umap_layouts([groups[i].first.embeddings for i in todo], settings, workers)
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(groups)

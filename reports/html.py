@@ -3,7 +3,7 @@
 The HTML file holds everything inline: CSS, SVG figures, PNG images as ``data:`` URIs, the UMAP points as JSON and
 one script that draws them on canvases and shows a tooltip (class, thumbnail) on hover. Its Content-Security-Policy
 forbids every network load (``default-src 'none'``). Every user-provided string reaches the page escaped: through
-Jinja's autoescape, :func:`markupsafe.escape` in :mod:`reports.svg`, or :func:`reports.figures.json_for_script`
+Jinja's autoescape, :func:`markupsafe.escape` in :mod:`embedlab.reports.svg`, or :func:`embedlab.reports.figures.json_for_script`
 in the JSON data, which the script only ever writes as text.
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ import jinja2
 
 from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write_text
-from reports import figures as F
-from reports.aggregate import EXECUTION_KEYS, Group, group_results
-from reports.load import ModelResult, StudyResult
-from reports.studies import study_section
-from reports.tables import (MISSING, Section, format_sig, label_noise_text, markdown_table, md_escape,
+from embedlab.reports import figures as F
+from embedlab.reports.aggregate import EXECUTION_KEYS, Group, group_results
+from embedlab.reports.load import ModelResult, StudyResult
+from embedlab.reports.studies import study_section
+from embedlab.reports.tables import (MISSING, Section, format_sig, label_noise_text, markdown_table, md_escape,
                             summary_sections)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -241,10 +241,10 @@ def render_report(
     """Write one self-contained HTML report (no external resources) for ``results`` and ``studies``; return its path.
 
     Results that differ only by their training seed are shown as one model, mean ± std over seeds
-    (:mod:`reports.aggregate`). ``umap_kwargs`` override the UMAP settings shared by all models (keys of
-    :func:`reports.umap_embed.umap_2d`: ``n_neighbors``, ``min_dist``, ``metric``, ``seed``, ``max_points`` (None:
+    (:mod:`embedlab.reports.aggregate`). ``umap_kwargs`` override the UMAP settings shared by all models (keys of
+    :func:`embedlab.reports.umap_embed.umap_2d`: ``n_neighbors``, ``min_dist``, ``metric``, ``seed``, ``max_points`` (None:
     every point), ``n_epochs``, ``use_faiss``); the defaults are :data:`DEFAULT_UMAP`. ``workers``: processes that
-    compute the layouts (None: :func:`reports.umap_embed.auto_workers`: parallel only for 20,000 or more points in all
+    compute the layouts (None: :func:`embedlab.reports.umap_embed.auto_workers`: parallel only for 20,000 or more points in all
     and on idle cores); the layouts do not depend on it.
     """
     if not results and not studies:

@@ -12,9 +12,9 @@ import json
 import math
 from typing import Any, Mapping
 
-from reports import svg
-from reports.load import StudyResult
-from reports.tables import MISSING, format_sig, label_noise_text
+from embedlab.reports import svg
+from embedlab.reports.load import StudyResult
+from embedlab.reports.tables import MISSING, format_sig, label_noise_text
 
 MAX_GENERIC_ROWS = 200
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -144,7 +144,7 @@ BENCHMARK_METRICS = ("accuracy", "knn_accuracy", "linear_probe_accuracy", "ece",
 
 def _noise(ds: Mapping[str, Any]) -> str | None:
     """The label noise of a study's dataset options (``label_noise``, ``label_noise_kind``, ``label_noise_seed``) in
-    the report's wording (:func:`reports.tables.label_noise_text`); None without label noise."""
+    the report's wording (:func:`embedlab.reports.tables.label_noise_text`); None without label noise."""
     frac = ds.get("label_noise")
     if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not frac:
         return None

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from reports.aggregate import Group, Stat, metric_stat
+from embedlab.reports.aggregate import Group, Stat, metric_stat
 
 MISSING = "\u2013"  # en dash shown for absent values
 ARROWS = {True: "\u2191", False: "\u2193", None: ""}

@@ -21,13 +21,13 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from analyses.registry import ANALYSES
+from embedlab.analyses.registry import ANALYSES
 from embedlab.cli import main
 from embedlab.config import TrainConfig
 from embedlab.data import DATASETS
 from embedlab.methods import METHODS
 from embedlab.models import MODELS
-from trainers import STATE_FILE
+from embedlab.trainers import STATE_FILE
 
 TRAIN_ARGS = ["--epochs", "1", "--model-opt", "width=4", "--device", "cpu", "--no-progress"]
 

@@ -10,7 +10,7 @@ import pytest
 from embedlab.cli import main
 from embedlab.errors import EmbedlabError
 from embedlab.io import sha256_file
-from trainers.studies.benchmark import mean_ci, paired_difference, parse_method_specs, slug, split_specs
+from embedlab.trainers.studies.benchmark import mean_ci, paired_difference, parse_method_specs, slug, split_specs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ from scipy.optimize import minimize_scalar
 from sklearn.metrics import brier_score_loss, log_loss
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from analyses.calibration import (
+from embedlab.analyses.calibration import (
     adaptive_calibration_error,
     brier_score,
     calibration,
@@ -19,8 +19,8 @@ from analyses.calibration import (
     maximum_calibration_error,
     negative_log_likelihood,
 )
-from analyses.metrics import expected_calibration_error, reliability_diagram
-from analyses.registry import ANALYSES, Inputs
+from embedlab.analyses.metrics import expected_calibration_error, reliability_diagram
+from embedlab.analyses.registry import ANALYSES, Inputs
 from embedlab.store import Extracted
 
 # ----------------------------------------------------------------------------- data + slow references

@@ -16,7 +16,7 @@ from sklearn.metrics import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from analyses.clustering import (
+from embedlab.analyses.clustering import (
     adjusted_rand_index,
     calinski_harabasz,
     clustering,
@@ -27,7 +27,7 @@ from analyses.clustering import (
     normalized_mutual_info,
     silhouette_cosine,
 )
-from analyses.registry import ANALYSES, Inputs
+from embedlab.analyses.registry import ANALYSES, Inputs
 from embedlab.store import Extracted
 
 # ----------------------------------------------------------------------------- data + slow references

@@ -46,7 +46,7 @@ def test_confmix_study_end_to_end(tmp_path, capsys):
         assert 1e-3 <= logged[1]["confmix_alpha"] <= 1
         assert res["rows"][2]["alpha_per_epoch"][seed] == [[1, 0.0], [2, 0.5]]
     # the report renders the study as its own section: the table's numbers are the file's, α per epoch as a chart
-    from reports import load_report_inputs, render_report
+    from embedlab.reports import load_report_inputs, render_report
 
     inputs = load_report_inputs([out])
     assert inputs.results == [] and [st.path for st in inputs.studies] == [out / "confmix.json"]
@@ -83,7 +83,7 @@ def test_unknown_variant(tmp_path, capsys):
 
 
 def test_time_constants_follow_the_paper_at_50_epochs():
-    from trainers.studies.confmix import scaled_time_constants, variant_options
+    from embedlab.trainers.studies.confmix import scaled_time_constants, variant_options
 
     assert scaled_time_constants(50) == (25.0, 5)
     assert scaled_time_constants(10) == (5.0, 1)

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from embedlab.checkpoint import load_model
 from embedlab.data import create_dataset
-from trainers import STATE_FILE, load_state, state_digest
-from trainers.loop import evaluate, make_loader
+from embedlab.trainers import STATE_FILE, load_state, state_digest
+from embedlab.trainers.loop import evaluate, make_loader
 
 EPOCHS = 2
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from embedlab.recipes import load_recipe
-from trainers import train
-from trainers.studies.confmix import test_accuracy as accuracy_of
+from embedlab.trainers import train
+from embedlab.trainers.studies.confmix import test_accuracy as accuracy_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 EPOCHS = 12

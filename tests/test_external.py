@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from analyses.runner import analyze_path, open_source
+from embedlab.analyses.runner import analyze_path, open_source
 from embedlab.errors import EmbedlabError
 from embedlab.external import load_weights
 

@@ -133,7 +133,7 @@ def test_a_header_asking_for_a_model_larger_than_its_weights_is_refused_before_b
 def test_a_source_name_becomes_one_safe_folder_under_out(tmp_path, name, folder):
     import dataclasses
 
-    from analyses.runner import analyze_source, open_source
+    from embedlab.analyses.runner import analyze_source, open_source
 
     out = tmp_path / "deep" / "out"
     src = dataclasses.replace(open_source(_npz(tmp_path / "emb.npz")), name=name)

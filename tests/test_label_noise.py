@@ -103,7 +103,7 @@ def test_deterministic_per_seed_and_independent_of_global_and_training_seeds():
     assert not torch.equal(a, labels(label_noise_seed=1))
     assert torch.equal(create_dataset("digits", label_noise=0).split("train").y, create_dataset("digits").split("train").y)
 
-    from trainers.loop import build
+    from embedlab.trainers.loop import build
 
     opts = {"label_noise": 0.4}
     d0, _, _ = build(TrainConfig(dataset_options=opts, seed=0, device="cpu"))
@@ -168,7 +168,7 @@ def test_bad_options_are_one_line_errors(opts, pattern):
 def test_train_records_it_analyze_uses_clean_labels_report_shows_it(tmp_path, capsys):
     from embedlab.checkpoint import load_checkpoint
     from embedlab.cli import main
-    from reports import load_results, render_markdown, render_report
+    from embedlab.reports import load_results, render_markdown, render_report
 
     run = tmp_path / "noisy"
     assert main(["train", "--dataset", "digits", "--data-opt", "label_noise=0.4", "--data-opt", "train_subset=400",
@@ -181,7 +181,7 @@ def test_train_records_it_analyze_uses_clean_labels_report_shows_it(tmp_path, ca
     assert meta["config"]["dataset_options"] == {"label_noise": 0.4, "train_subset": 400, "label_noise_seed": 3}
     assert load_checkpoint(run / "model.safetensors")[1]["dataset"]["label_noise"] == noise
 
-    from analyses.runner import analyze_source, open_source
+    from embedlab.analyses.runner import analyze_source, open_source
 
     src = open_source(run)
     assert src.label_noise == noise
@@ -200,7 +200,7 @@ def test_train_records_it_analyze_uses_clean_labels_report_shows_it(tmp_path, ca
 
 
 def test_report_without_label_noise_has_no_column(tmp_path):
-    from reports import load_results, render_markdown, render_report
+    from embedlab.reports import load_results, render_markdown, render_report
     from tests.test_reports import write_results
 
     write_results(tmp_path, "clean", metrics={"accuracy": (0.9, True)})

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sklearn.neighbors import KNeighborsClassifier
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from analyses.metrics import (
+from embedlab.analyses.metrics import (
     accuracy,
     alignment,
     expected_calibration_error,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from analyses import ood as O
-from analyses.registry import ANALYSES, Inputs
+from embedlab.analyses import ood as O
+from embedlab.analyses.registry import ANALYSES, Inputs
 from embedlab.data import TensorData, create_dataset
 from embedlab.errors import EmbedlabError
 from embedlab.models import create_model
@@ -383,7 +383,7 @@ def test_analysis_settings_and_errors(syn):
 
 def test_ood_analysis_end_to_end_through_the_runner(tmp_path):
     """Train a tiny cnn-gap on digits 0–5 briefly, then analyse it against held-out digits and noise."""
-    from analyses.runner import Source, analyze_source
+    from embedlab.analyses.runner import Source, analyze_source
 
     torch.manual_seed(0)
     data = create_dataset("digits", classes=(0, 1, 2, 3, 4, 5))

@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from analyses import calibration as cal
-from analyses import clustering as clu
-from analyses import metrics as M
-from analyses import ood
+from embedlab.analyses import calibration as cal
+from embedlab.analyses import clustering as clu
+from embedlab.analyses import metrics as M
+from embedlab.analyses import ood
 from embedlab.methods import create_method
 from embedlab.methods import multimix as mm
 from embedlab.methods.base import one_hot, pair_mix

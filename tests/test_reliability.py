@@ -40,8 +40,8 @@ from embedlab.checkpoint import load_checkpoint, load_model
 from embedlab.cli import main
 from embedlab.errors import EmbedlabError
 from embedlab.store import cached_extract, extract, read_entry
-from trainers import STATE_FILE, state_digest
-from trainers.state import load_state
+from embedlab.trainers import STATE_FILE, state_digest
+from embedlab.trainers.state import load_state
 
 # a small deterministic run: cnn-gap of width 4 on digits, 3 epochs (about a second on one thread)
 TRAIN = ["train", "--epochs", "3", "--model-opt", "width=4", "--deterministic", "--device", "cpu", "--no-progress"]

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from reports import load_results, render_report
+from embedlab.reports import load_results, render_report
 
 EVIL = "<script>alert(1)</script>"
 
@@ -282,7 +282,7 @@ def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       "alignment": {"value": 0.5, "higher_is_better": False, "analysis": "align_uniform"},
                       "uniformity": {"value": -2.0, "higher_is_better": False, "analysis": "align_uniform"}})
     study = write_study(root / "results" / "toy")
-    from reports import load_report_inputs, umap_embed
+    from embedlab.reports import load_report_inputs, umap_embed
 
     inputs = load_report_inputs([root / "results"])
     original = umap_embed.umap_2d

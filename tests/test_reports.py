@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from embedlab.errors import EmbedlabError
-from reports import load_report_inputs, load_results, render_markdown, render_report
-from reports.aggregate import group_results
-from reports.figures import confusion_counts, json_for_script, pool_reliability
-from reports.svg import confusion_heatmap, labelled_scatter, LabelledPoint, line_chart, png_bytes, Series
-from reports.tables import format_sig, format_stat
-from reports.aggregate import Stat
-from reports.umap_embed import knn_graph, umap_2d
+from embedlab.reports import load_report_inputs, load_results, render_markdown, render_report
+from embedlab.reports.aggregate import group_results
+from embedlab.reports.figures import confusion_counts, json_for_script, pool_reliability
+from embedlab.reports.svg import confusion_heatmap, labelled_scatter, LabelledPoint, line_chart, png_bytes, Series
+from embedlab.reports.tables import format_sig, format_stat
+from embedlab.reports.aggregate import Stat
+from embedlab.reports.umap_embed import knn_graph, umap_2d
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 N_PER_CLASS = 40  # 4 classes -> 160 points per model
@@ -715,7 +715,7 @@ def test_umap_subsample_and_tiny_inputs() -> None:
 
 
 def test_parallel_layouts_equal_sequential_ones() -> None:
-    from reports.umap_embed import auto_workers, umap_layouts
+    from embedlab.reports.umap_embed import auto_workers, umap_layouts
 
     x, _ = three_blobs(40)
     inputs = [x, x[::-1].copy()]
@@ -772,10 +772,10 @@ def test_reports_does_not_import_torch_or_upper_layers() -> None:
     import subprocess
 
     code = (
-        "import sys, warnings, numpy as np, reports, reports.html as h, reports.umap_embed as u, reports.svg as s\n"
+        "import sys, warnings, numpy as np, embedlab.reports as reports, embedlab.reports.html as h, embedlab.reports.umap_embed as u, embedlab.reports.svg as s\n"
         "u.knn_graph(np.random.default_rng(0).random((30, 4), dtype=np.float32), 5); s.palette(12)\n"
         "warnings.simplefilter('ignore'); import umap\n"  # what umap_2d imports lazily
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'trainers', 'analyses')]\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('embedlab.trainers', 'embedlab.analyses'))]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

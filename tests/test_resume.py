@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from embedlab.cli import main
-from trainers import STATE_FILE, state_digest
+from embedlab.trainers import STATE_FILE, state_digest
 
 # digits: 1257 training examples, batch 64 → 19 steps per epoch; step 25 is the 6th step of epoch 2.
 # multimix draws Dirichlet weights and (with p = 0.5) falls back to mixup: the mixing generator matters.

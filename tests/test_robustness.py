@@ -10,8 +10,8 @@ from torch import nn
 
 pytest.importorskip("torchattacks")
 
-from analyses import robustness as R  # noqa: E402
-from analyses.registry import ANALYSES, Inputs  # noqa: E402
+from embedlab.analyses import robustness as R  # noqa: E402
+from embedlab.analyses.registry import ANALYSES, Inputs  # noqa: E402
 from embedlab.data import TensorData, create_dataset  # noqa: E402
 from embedlab.errors import EmbedlabError  # noqa: E402
 from embedlab.models import EmbedNet, create_model  # noqa: E402
@@ -317,7 +317,7 @@ def test_end_to_end_defaults_through_runner_inputs(cnn, digits):
 
 
 def test_through_the_runner_into_results_json(cnn, digits, tmp_path):
-    from analyses.runner import Source, analyze_source
+    from embedlab.analyses.runner import Source, analyze_source
 
     src = Source("tiny", tmp_path / "tiny.safetensors", "0" * 64, {"dataset": {"name": "digits"}}, digits.info.classes,
                  model=cnn, data=digits)

@@ -12,7 +12,7 @@ from scipy.stats import multivariate_normal
 
 from embedlab.data import GMMSpec
 from embedlab.toy import bayes_predict, bayes_risk, gmm_log_density, mmlb
-from trainers.studies.toy_depth import (
+from embedlab.trainers.studies.toy_depth import (
     METHOD_DEPTHS,
     BatchedMLP,
     ToyTrainConfig,
@@ -224,7 +224,7 @@ def test_config_rejects_bad_values():
 
 
 def test_auto_precision_follows_the_cpu(monkeypatch):
-    import trainers.studies.toy_depth as td
+    import embedlab.trainers.studies.toy_depth as td
 
     for native, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(td, "cpu_has_native_bf16", lambda native=native: native)
@@ -288,7 +288,7 @@ def test_sgd_batched_trainer_equals_one_model_at_a_time():
 
 def test_sgd_update_matches_torch_sgd():
     """The SGD update that torch.compile fuses, run eagerly for 5 steps (buffer from zero), against torch.optim.SGD."""
-    from trainers.studies.toy_depth import _sgd_update_fused
+    from embedlab.trainers.studies.toy_depth import _sgd_update_fused
 
     g = torch.Generator().manual_seed(5)
     p0 = torch.randn(50, generator=g)
@@ -314,7 +314,7 @@ def test_optimizer_config_rejects_bad_values():
 
 
 def test_mean_range_scales_the_means():
-    from trainers.studies.toy_depth import make_dataset
+    from embedlab.trainers.studies.toy_depth import make_dataset
 
     base = make_dataset(0, 3, 1, 100, 200)
     wide = make_dataset(0, 3, 1, 100, 200, mean_range=3.0)
@@ -341,7 +341,7 @@ def test_protocol_options_recorded_and_resume_checks_them(tmp_path):
     assert default["train"]["optimizer"] == "adam" and default["train"]["lr"] == 1e-3
     assert default["mean_range"] == 1.0 and default["optimizer"].startswith("Adam")
     # n_train sets the training-set size: the schedule covers floor(n / 50) batches per epoch
-    from trainers.studies.toy_depth import make_dataset
+    from embedlab.trainers.studies.toy_depth import make_dataset
 
     assert make_dataset(0, 2, 0, 150, 10).x_train.shape == (150, 2)
     # a partial file from other options is not resumed; one from the same options is
@@ -361,7 +361,7 @@ def test_study_cli_protocol_flags(monkeypatch, tmp_path, capsys):
     import subprocess
     import sys
 
-    import trainers.studies.toy_depth as td
+    import embedlab.trainers.studies.toy_depth as td
     from embedlab.cli import build_parser, main
 
     a = build_parser().parse_args(["study", "toy-depth", "--out", "x"])

@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import trainers.loop
+import embedlab.trainers.loop
 from embedlab.checkpoint import load_checkpoint
 from embedlab.cli import build_parser, main
 from embedlab.config import TrainConfig
-from trainers import load_state, state_digest, train
+from embedlab.trainers import load_state, state_digest, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,8 +34,8 @@ class _NaNAt:
 
 
 def test_non_finite_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    real = trainers.loop.create_method
-    monkeypatch.setattr(trainers.loop, "create_method", lambda name, opts: _NaNAt(real(name, opts), at=25))
+    real = embedlab.trainers.loop.create_method
+    monkeypatch.setattr(embedlab.trainers.loop, "create_method", lambda name, opts: _NaNAt(real(name, opts), at=25))
     out = tmp_path / "run"
     # digits: 1257 training examples, batch 64 → 19 steps per epoch; step 25 is the 6th step of epoch 2
     rc = main(["train", "--epochs", "3", "--out", str(out), "--no-progress", "--set", "log_every=4"])
@@ -50,7 +50,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_
     assert json.loads((out / "meta.json").read_text())["epoch"] == 1
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     # in the first epoch there is nothing to keep, and the message says so
-    monkeypatch.setattr(trainers.loop, "create_method", lambda name, opts: _NaNAt(real(name, opts), at=3))
+    monkeypatch.setattr(embedlab.trainers.loop, "create_method", lambda name, opts: _NaNAt(real(name, opts), at=3))
     assert main(["train", "--epochs", "1", "--out", str(tmp_path / "r2"), "--no-progress"]) == 2
     assert capsys.readouterr().err.strip().endswith(f"step 3: training stopped; no checkpoint was written to "
                                                     f"{tmp_path / 'r2'}")
@@ -162,7 +162,7 @@ def test_every_train_option_is_explained():
 
 
 def test_step_schedule_matches_multistep(tmp_path):
-    from trainers.loop import build_optimizer
+    from embedlab.trainers.loop import build_optimizer
 
     cfg = TrainConfig(lr=0.1, schedule="step", milestones=(2, 3), epochs=4)
     opt, sched = build_optimizer(cfg, torch.nn.Linear(2, 2), steps_per_epoch=5)

@@ -40,9 +40,9 @@ from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write_json, atomic_write_text
 from embedlab.methods import MixMethod, create_method
 from embedlab.models import MODELS, EmbedNet, create_model
-from trainers.distributed import (DistEnv, all_reduce_sum, average_buffers, gather_objects, resolve_device, setup)
-from trainers.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state, state_digest
-from trainers.tb_writer import EventLog
+from embedlab.trainers.distributed import (DistEnv, all_reduce_sum, average_buffers, gather_objects, resolve_device, setup)
+from embedlab.trainers.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state, state_digest
+from embedlab.trainers.tb_writer import EventLog
 
 __all__ = ["build", "build_optimizer", "evaluate", "make_loader", "resolve_device", "train"]
 

@@ -187,7 +187,7 @@ def run_benchmark(base: TrainConfig, out_dir: str | Path, *, specs: Sequence[Met
     ``analyze(checkpoint, name)`` analyses one checkpoint into ``OUT/results/<name>/`` and returns that folder.
     ``baseline`` is the label paired differences are taken against (None, or absent from ``specs``: none).
     """
-    from trainers import train
+    from embedlab.trainers import train
 
     out = Path(out_dir)
     if baseline is not None and baseline not in {s.label for s in specs}:

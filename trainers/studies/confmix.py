@@ -53,7 +53,7 @@ def _slug(name: str) -> str:
 @torch.no_grad()
 def test_accuracy(ckpt: Path, device: str) -> float:
     """Top-1 accuracy of a checkpoint on its dataset's test split."""
-    from trainers.loop import evaluate, make_loader
+    from embedlab.trainers.loop import evaluate, make_loader
 
     model, meta = load_model(ckpt, device)
     cfg = meta["config"]
@@ -104,7 +104,7 @@ def run_confmix_study(base: TrainConfig, out_dir: str | Path, *, seeds: tuple[in
     ``out_dir/confmix.json``. ``half_life``/``warmup`` default to :func:`scaled_time_constants` of ``base.epochs``
     (the paper's 25 and 5 at 50 epochs). Finished runs (a run directory with ``model.safetensors`` whose config
     matches) are reused, so an interrupted study continues where it stopped."""
-    from trainers import train
+    from embedlab.trainers import train
 
     out = Path(out_dir)
     names = variants or list(VARIANTS)
