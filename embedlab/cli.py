@@ -1,5 +1,4 @@
-"""The ``embedlab`` command. This module is the one composition root that imports every layer
-(trainers, analyses, reports); no other core module imports upward."""
+"""The ``embedlab`` command: argparse over :mod:`embedlab.api` (the composition root) and nothing else."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from embedlab.config import TrainConfig, auto_type, parse_assignments
+from embedlab import api
 from embedlab.errors import EmbedlabError
-
-DEMO_METHODS = ("erm", "mixup", "manifold_mixup", "multimix", "dense_multimix")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,297 +50,116 @@ def _int_list(s: str) -> tuple[int, ...]:
 
 
 # ------------------------------------------------------------------------------------------------- commands
-def _train_config(a: argparse.Namespace, saved: dict[str, Any] | None = None) -> TrainConfig:
-    """The resolved config. Layers, lowest first: TrainConfig defaults < ``saved`` (the run being resumed) <
-    ``--recipe`` < ``--config`` < flags and ``--set`` (``--set`` last)."""
-    from embedlab.config import apply_assignments
-    from embedlab.recipes import load_recipe, read_config_file
-
-    base: dict[str, Any] = dict(saved or {})
-    if a.recipe:
-        base.update(load_recipe(a.recipe).config)
-    if a.config:
-        base.update(read_config_file(a.config))
+def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    """The training flags given on the command line, as TrainConfig keys (options parsed from KEY=VALUE)."""
     flags = {"dataset": a.dataset, "data_root": a.data_root, "model": a.model, "method": a.method, "epochs": a.epochs,
              "batch_size": a.batch_size, "optimizer": a.optimizer, "lr": a.lr, "momentum": a.momentum,
              "weight_decay": a.weight_decay, "schedule": a.schedule, "milestones": a.milestones,
              "lr_gamma": a.lr_gamma, "seed": a.seed, "device": a.device, "num_workers": a.workers, "amp": a.amp,
-             "channels_last": a.channels_last, "compile": a.compile, "deterministic": a.deterministic}
-    base.update({k: v for k, v in flags.items() if v is not None})
-    if a.download:
-        base["download"] = True
+             "channels_last": a.channels_last, "compile": a.compile, "deterministic": a.deterministic,
+             "download": True if a.download else None}
     for key, items in (("dataset_options", a.data_opt), ("model_options", a.model_opt), ("method_options", a.method_opt)):
         if items:
-            base[key] = {**base.get(key, {}), **parse_assignments(items, f"--{key.split('_')[0]}-opt")}
-    base = apply_assignments(base, a.set, "--set")
-    if "dataset_options" in base:
-        base["dataset_options"] = {k: auto_type(v) for k, v in base["dataset_options"].items()}
-    if "model_options" in base:
-        base["model_options"] = {k: auto_type(v) for k, v in base["model_options"].items()}
-    if a.mix_layer:
-        base["method_options"] = {**base.get("method_options", {}), **_mix_layer_option(base.get("method", "erm"),
-                                                                                        a.mix_layer)}
-    cfg = TrainConfig.from_dict(base, "train", strict=True)
-    cfg.validate("train")
-    return cfg
-
-
-def _mix_layer_option(method: str, layer: str) -> dict[str, str]:
-    """``--mix-layer NAME[,NAME]`` sets the mixing-point option of methods that mix hidden states."""
-    import dataclasses
-
-    from embedlab.methods import METHODS
-
-    fields = {f.name for f in dataclasses.fields(METHODS.get(method).obj.Options)}
-    for key in ("layers", "layer"):
-        if key in fields:
-            return {key: layer}
-    raise EmbedlabError(f"--mix-layer: method {method!r} does not mix hidden states (it has no layers option)")
-
-
-def _check_new_run(out: Path, force: bool, resume: bool = False) -> None:
-    """Never overwrite a run silently: a new run needs an empty --out or --force; --resume needs a training state
-    when the run has a checkpoint (with none yet, it starts the run)."""
-    import os
-
-    from embedlab.checkpoint import WEIGHTS
-    from embedlab.trainers.state import STATE_FILE
-
-    if resume:
-        if (out / WEIGHTS).exists() and not (out / STATE_FILE).exists():
-            raise EmbedlabError(f"--resume: {out} holds a checkpoint but no {STATE_FILE} to resume from; "
-                                f"choose another --out, or pass --force instead of --resume to overwrite it")
-        return
-    existing = next((out / n for n in (WEIGHTS, STATE_FILE) if (out / n).exists()), None)
-    if existing is not None and not force:
-        raise EmbedlabError(f"{existing} already exists; choose another --out, pass --resume to continue it "
-                            f"or --force to overwrite")
-    if force and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 touches files
-        for name in ("metrics.jsonl", STATE_FILE):
-            (out / name).unlink(missing_ok=True)
+            flags[key] = api.parse_assignments(items, f"--{key.split('_')[0]}-opt")
+    return flags
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    import dataclasses
-
-    from embedlab.trainers import distributed_session, saved_config, train
-
+    """The resolved config. Layers, lowest first: TrainConfig defaults < the run being resumed < ``--recipe`` <
+    ``--config`` < flags and ``--set`` (``--set`` last)."""
     if a.seeds is not None:
         if a.seed is not None:
             raise EmbedlabError("give either --seed or --seeds, not both")
-        _check_seeds(a.seeds, ",".join(map(str, a.seeds)))
+        api.check_seeds(a.seeds, ",".join(map(str, a.seeds)))
     if a.resume and a.force:
         raise EmbedlabError("--resume continues a run and --force overwrites it: give only one of them")
-    out = Path(a.out)
-    runs = [(out / f"seed{s}", s) for s in a.seeds] if a.seeds is not None else [(out, None)]
-    plan = []
-    for run_dir, seed in runs:  # every run is checked before any starts
-        _check_new_run(run_dir, a.force, a.resume)
-        saved = saved_config(run_dir) if a.resume else None
-        cfg = _train_config(a, saved)
-        if seed is not None:
-            cfg = dataclasses.replace(cfg, seed=seed)
-        plan.append((cfg, run_dir, saved is not None))
-    with distributed_session(plan[0][0].device):
-        for cfg, run_dir, resume in plan:
-            train(cfg, run_dir, progress=not a.no_progress, resume=resume)
+    api.train(a.config, a.out, recipe=a.recipe, overrides=_train_overrides(a), assignments=a.set,
+              mix_layer=a.mix_layer, seeds=a.seeds, resume=a.resume, force=a.force, progress=not a.no_progress)
     return 0
 
 
 def cmd_analyze(a: argparse.Namespace) -> int:
-    from embedlab.analyses.runner import analyze_path, select_analyses
-
-    chosen = select_analyses(a.analyses)
     if not a.models:
         raise EmbedlabError("analyze: give at least one checkpoint, model spec or arrays file")
-    settings = _analysis_settings(a.opt)
     ood = [s.strip() for s in a.ood.split(",") if s.strip()] if a.ood else None
+    settings = api.analysis_settings(a.opt)
     for m in a.models:
-        out = analyze_path(m, a.out, analyses=chosen, cache_dir=a.cache_dir, device=_device(a.device),
-                           data_root=a.data_root, force=a.force, progress=not a.no_progress, settings=settings,
-                           ood=ood, trust_code=a.trust_code)
-        print(f"analysed {m} → {out / 'results.json'}")
+        res = api.evaluate(m, out=a.out, analyses=a.analyses, settings=settings, ood=ood, device=a.device,
+                           cache_dir=a.cache_dir, data_root=a.data_root, force=a.force, progress=not a.no_progress,
+                           trust_code=a.trust_code)
+        print(f"analysed {m} → {res.path / 'results.json'}")
     return 0
 
 
-def _device(name: str) -> str:
-    from embedlab.trainers.loop import resolve_device
-
-    return str(resolve_device(name))
-
-
 def cmd_report(a: argparse.Namespace) -> int:
-    from embedlab.io import atomic_write_text
-    from embedlab.reports.html import render_markdown, render_report
-    from embedlab.reports.load import load_report_inputs
-
-    out = Path(a.output)
-    if out.is_symlink() or (out.exists() and not out.is_file()):  # a device node, FIFO, socket, folder or link
-        raise EmbedlabError(f"{out} exists and is not a regular file; -o writes a new file there only in place of "
-                            f"a regular file (with --force)")
-    if out.exists() and not a.force:
-        raise EmbedlabError(f"{out} already exists; choose another -o or pass --force to overwrite")
-    inputs = load_report_inputs(a.results)
-    if a.format == "md":
-        atomic_write_text(out, render_markdown(inputs.results, inputs.studies))
-    else:
-        render_report(inputs.results, out, title=a.title, studies=inputs.studies, workers=a.workers or None,
-                      umap_kwargs={"n_neighbors": a.umap_neighbors, "min_dist": a.umap_min_dist, "seed": a.seed,
-                                   "max_points": a.max_points or None, "n_epochs": a.umap_epochs})
+    out = api.report(a.results, a.output, format=a.format, title=a.title, force=a.force, figures=a.figures,
+                     workers=a.workers or None,
+                     umap={"n_neighbors": a.umap_neighbors, "min_dist": a.umap_min_dist, "seed": a.seed,
+                           "max_points": a.max_points or None, "n_epochs": a.umap_epochs})
     print(f"wrote {out}")
+    if a.figures:
+        print(f"wrote figures to {a.figures}")
     return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    import dataclasses
-
-    from embedlab.analyses.runner import analyze_path
-    from embedlab.checkpoint import WEIGHTS
-    from embedlab.methods import METHODS
-    from embedlab.recipes import load_recipe
-    from embedlab.reports.html import render_report
-    from embedlab.reports.load import load_results
-    from embedlab.trainers import train
-
-    out = Path(a.out)
-    report = out / "report.html"
-    if report.exists() and not a.force:
-        raise EmbedlabError(f"{report} already exists; choose another --out or pass --force to redo the demo")
-    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    if not methods:
-        raise EmbedlabError("--methods: give at least one method (see `embedlab list methods`)")
-    for method in methods:  # every name and run directory is checked before the first run trains
-        METHODS.get(method)
-        if (out / "runs" / method / WEIGHTS).exists() and not a.force:
-            raise EmbedlabError(f"{out / 'runs' / method / WEIGHTS} already exists; choose another --out or pass "
-                                f"--force to redo the demo")
     t0 = time.perf_counter()
-    result_dirs = []
-    for method in methods:
-        run = out / "runs" / method
-        _check_new_run(run, a.force)
-        cfg = dataclasses.replace(load_recipe("digits").resolved(), method=method, epochs=a.epochs, seed=a.seed,
-                                  device=a.device)
-        print(f"[demo] training {method} on digits ({a.epochs} epochs)", flush=True)
-        ckpt = train(cfg, run, progress=not a.no_progress)
-        result_dirs.append(analyze_path(ckpt, out / "results", cache_dir=out / "cache",
-                                              device=_device(a.device), force=True, progress=not a.no_progress))
-    results = load_results(result_dirs)
-    render_report(results, report, title="embedlab demo: mixup-family methods on digits")
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    results = api.demo(a.out, methods=methods, epochs=a.epochs, seed=a.seed, device=a.device, force=a.force,
+                       progress=not a.no_progress)
     print(f"\n{'method':<16} {'test acc':>9} {'kNN acc':>9} {'ECE':>7}")
     for r in results:
-        m = r.results["metrics"]
-        print(f"{r.name:<16} {m['accuracy']['value']:>9.4f} {m['knn_accuracy']['value']:>9.4f} {m['ece']['value']:>7.4f}")
-    print(f"\nwrote {report} in {time.perf_counter() - t0:.0f} s")
+        m = r.metrics
+        print(f"{r.name:<16} {m['accuracy']:>9.4f} {m['knn_accuracy']:>9.4f} {m['ece']:>7.4f}")
+    print(f"\nwrote {Path(a.out) / 'report.html'} in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
 def cmd_study(a: argparse.Namespace) -> int:
     out = Path(a.out)
     if a.study == "toy-depth":
-        from embedlab.trainers.studies.toy_depth import run_toy_depth
-
         ks = tuple(int(k) for k in a.ks.split(","))
-        res = run_toy_depth(realisations_per_k=a.realisations, ks=ks, epochs=a.epochs or 20, seed=a.seed, out_dir=out,
-                            progress=not a.no_progress, threads=a.threads, precision=a.precision,
-                            optimizer=a.optimizer, lr=a.lr, n_train=a.n_train, mean_range=a.mean_range)
+        res = api.study("toy-depth", out, realisations_per_k=a.realisations, ks=ks, epochs=a.epochs or 20,
+                        seed=a.seed, progress=not a.no_progress, threads=a.threads, precision=a.precision,
+                        optimizer=a.optimizer, lr=a.lr, n_train=a.n_train, mean_range=a.mean_range)
         print(json.dumps(res.get("summary", {}), indent=2, default=str)[:4000])
         print(f"wrote {out / 'toy_depth.json'}")
         return 0
     cfg = _study_config(a)
-    if a.study == "benchmark":
-        return _study_benchmark(a, cfg, out)
-    from embedlab.trainers.studies.confmix import VARIANTS, markdown_table, run_confmix_study
-
-    variants = [v.strip() for v in a.variants.split(";")] if a.variants else None
-    for v in variants or []:
-        if v not in VARIANTS:
-            raise EmbedlabError(f"unknown ConfMix-study variant {v!r}; known: {'; '.join(VARIANTS)}")
     seeds = _seed_list(a.seeds)
-    res = run_confmix_study(cfg, out, seeds=seeds, variants=variants, half_life=a.half_life, warmup=a.warmup,
-                            progress=not a.no_progress)
-    print(markdown_table(res))
+    if a.study == "benchmark":
+        res = api.study("benchmark", out, config=cfg, methods=a.methods, seeds=seeds, baseline=a.baseline,
+                        analyses=a.analyses, analysis_settings=api.analysis_settings(a.opt), device=a.device,
+                        progress=not a.no_progress)
+        print(api.study_table("benchmark", res))
+        print(f"wrote {out / 'benchmark.json'}")
+        if not a.no_report:
+            api.report([out / "results" / name for runs in res["results"].values() for name in runs.values()]
+                       + [out / "benchmark.json"], out / "report.html", force=True,
+                       title=a.title or f"embedlab benchmark: {cfg.dataset}")
+            print(f"wrote {out / 'report.html'}")
+        return 0
+    variants = [v.strip() for v in a.variants.split(";")] if a.variants else None
+    res = api.study("confmix", out, config=cfg, seeds=seeds, variants=variants, half_life=a.half_life,
+                    warmup=a.warmup, progress=not a.no_progress)
+    print(api.study_table("confmix", res))
     print(f"wrote {out / 'confmix.json'}")
     return 0
 
 
-def _study_config(a: argparse.Namespace) -> TrainConfig:
+def _study_config(a: argparse.Namespace) -> Any:
     """The base training config of a trained study: recipe < --dataset/--data-root/--epochs/--subset/--data-opt <
     --set."""
-    import dataclasses
-
-    from embedlab.config import apply_assignments
-    from embedlab.recipes import load_recipe
-
     recipe = a.recipe or ("digits" if a.study == "benchmark" else "cifar10-small-cnn")
-    cfg = load_recipe(recipe).resolved()
-    changes: dict[str, Any] = {"device": a.device}
-    if a.dataset:
-        changes["dataset"] = a.dataset
-    if a.data_root:
-        changes["data_root"] = a.data_root
-    if a.epochs:
-        changes["epochs"] = a.epochs
+    cfg = api.train_config(recipe=recipe)
     ds_opts = dict(cfg.dataset_options)
     if a.subset:
         ds_opts["train_subset"] = a.subset
     if a.data_opt:
-        ds_opts.update({k: auto_type(v) for k, v in parse_assignments(a.data_opt, "--data-opt").items()})
-    changes["dataset_options"] = ds_opts
-    cfg = dataclasses.replace(cfg, **changes)
-    if a.set:
-        cfg = TrainConfig.from_dict(apply_assignments(dataclasses.asdict(cfg), a.set, "--set"), f"study {a.study}",
-                                    strict=True)
-    cfg.validate(f"study {a.study}")
-    return cfg
-
-
-def _study_benchmark(a: argparse.Namespace, cfg: TrainConfig, out: Path) -> int:
-    """Method × seed grid: train (resumable), analyse every run, write benchmark.json and a comparative report."""
-    import dataclasses
-
-    from embedlab.analyses.runner import analyze_source, check_settings, open_source, select_analyses
-    from embedlab.io import sha256_file
-    from embedlab.reports.html import render_report
-    from embedlab.reports.load import load_results, load_study
-    from embedlab.trainers.studies.benchmark import FILENAME, markdown_table, parse_method_specs, run_benchmark
-
-    specs = parse_method_specs(a.methods)
-    labels = [sp.label for sp in specs]
-    baseline = a.baseline if a.baseline != "none" else None
-    if baseline is not None and baseline not in labels:
-        raise EmbedlabError(f"--baseline {baseline!r} is not one of --methods ({', '.join(labels)}); add it to "
-                            f"--methods or pass --baseline none")
-    seeds = _seed_list(a.seeds)
-    chosen = select_analyses(a.analyses)
-    settings = _analysis_settings(a.opt)
-    check_settings(settings, chosen)
-    device = _device(a.device)
-    previous = _read_previous(out / FILENAME)
-    same_analyses = previous.get("analyses") == chosen and previous.get("analysis_settings", {}) == settings
-
-    def analyze(ckpt: Path, name: str) -> Path:
-        res = out / "results" / name / "results.json"
-        if same_analyses and res.is_file() and (out / "results" / name / "arrays.npz").is_file():
-            try:
-                if json.loads(res.read_text())["model"]["sha256"] == sha256_file(ckpt):
-                    return res.parent  # analysed before with these weights and these analyses: not even loaded
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-        src = dataclasses.replace(open_source(ckpt, device), name=name)
-        return analyze_source(src, out / "results", analyses=chosen, cache_dir=out / "cache", device=device,
-                              force=True, progress=not a.no_progress, settings=settings)
-
-    res = run_benchmark(cfg, out, specs=specs, seeds=seeds, analyze=analyze, analyses=chosen,
-                        analysis_settings=settings, baseline=baseline, progress=not a.no_progress)
-    print(markdown_table(res))
-    print(f"wrote {out / FILENAME}")
-    if not a.no_report:
-        dirs = [out / "results" / name for runs in res["results"].values() for name in runs.values()]
-        render_report(load_results(dirs), out / "report.html", title=a.title or f"embedlab benchmark: {cfg.dataset}",
-                      studies=[load_study(out / FILENAME)])
-        print(f"wrote {out / 'report.html'}")
-    return 0
+        ds_opts.update(api.parse_assignments(a.data_opt, "--data-opt"))
+    overrides = {"device": a.device, "dataset": a.dataset, "data_root": a.data_root, "epochs": a.epochs or None,
+                 "dataset_options": ds_opts}
+    return api.train_config(cfg, overrides=overrides, assignments=a.set)
 
 
 def _seed_list(text: str) -> tuple[int, ...]:
@@ -351,47 +167,11 @@ def _seed_list(text: str) -> tuple[int, ...]:
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise EmbedlabError(f"--seeds: expected comma-separated integers >= 0, got {text!r}") from None
-    return _check_seeds(seeds, text)
-
-
-def _check_seeds(seeds: tuple[int, ...], text: str) -> tuple[int, ...]:
-    """``--seeds`` of train and study: at least one, distinct, none negative."""
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise EmbedlabError(f"--seeds: expected distinct integers >= 0, got {text!r}")
-    return seeds
-
-
-def _analysis_settings(items: list[str] | None) -> dict[str, dict[str, Any]]:
-    """``--opt ANALYSIS.KEY=VALUE`` → ``{analysis: {key: value}}``."""
-    settings: dict[str, dict[str, Any]] = {}
-    for key, value in parse_assignments(items, "--opt").items():
-        analysis, dot, name = key.partition(".")
-        if not dot or not name:
-            raise EmbedlabError(f"--opt: expected ANALYSIS.KEY=VALUE, got {key}={value}")
-        settings.setdefault(analysis, {})[name] = auto_type(value)
-    return settings
-
-
-def _read_previous(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return api.check_seeds(seeds, text)
 
 
 def cmd_list(a: argparse.Namespace) -> int:
-    from embedlab.analyses.runner import ANALYSES
-    from embedlab.data import DATASETS
-    from embedlab.methods import METHODS, method_metadata
-    from embedlab.models import MODELS
-
-    reg = {"methods": METHODS, "models": MODELS, "datasets": DATASETS, "analyses": ANALYSES}[a.kind]
-    if a.kind == "methods":
-        rows = [method_metadata(e.name) for e in reg]
-    else:
-        rows = [{"name": e.name, "description": e.description, **{k: list(v) if isinstance(v, tuple) else v
-                                                                   for k, v in e.meta.items()}} for e in reg]
+    rows = api.list_plugins(a.kind)
     if a.json:
         print(json.dumps(rows, indent=2, default=list))
     elif a.kind == "methods":
@@ -422,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
         return sp
 
-    from embedlab.config import AMP_MODES, TRAIN_KEYS
+    from embedlab.config import AMP_MODES, TRAIN_KEYS  # names for the help text only
     from embedlab.recipes import recipe_names
 
     t = add("train", cmd_train, "train one model with a mixing method",
@@ -519,7 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results", nargs="+", metavar="RESULTS",
                    help="results directories, results.json files, study folders or files, or their parent folder")
     r.add_argument("-o", "--output", required=True, help="output file")
-    r.add_argument("--format", choices=("html", "md"), default="html", help="HTML report or Markdown summary tables (with the studies' tables)")
+    r.add_argument("--format", choices=("html", "md", "tex"), default="html",
+                   help="html: the self-contained report; md: Markdown summary tables (with the studies' tables); "
+                        "tex: LaTeX booktabs tables for a paper (mean ± std over seeds, best in bold; benchmark "
+                        "studies' paired differences with 95 %% intervals)")
+    r.add_argument("--figures", metavar="DIR",
+                   help="also write every figure as PDF and PNG into DIR (matplotlib/seaborn), for a paper")
     r.add_argument("--title", default="embedlab report", help="report title")
     r.add_argument("--umap-neighbors", type=_positive_int, default=15, help="UMAP n_neighbors (same for all models)")
     r.add_argument("--umap-min-dist", type=_nonneg_float, default=0.1, help="UMAP min_dist")
@@ -537,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
             "download), analyse each checkpoint and write OUT/report.html. About 1–5 minutes on 2 CPU cores, "
             "depending on the CPU.")
     d.add_argument("--out", default="embedlab-demo", help="output directory")
-    d.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma-separated methods to compare")
+    d.add_argument("--methods", default=",".join(api.DEMO_METHODS), help="comma-separated methods to compare")
     d.add_argument("--epochs", type=_positive_int, default=30, help="epochs per method")
     d.add_argument("--seed", type=_nonneg_int, default=0, help="seed")
     d.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -610,9 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     st.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    li = add("list", cmd_list, "list registered methods, models, datasets or analyses",
+    li = add("list", cmd_list, "list registered methods, models, datasets, analyses or studies",
              "List registered plug-ins. For methods, the table gives the MultiMix paper's Table 1 columns.")
-    li.add_argument("kind", choices=("methods", "models", "datasets", "analyses"))
+    li.add_argument("kind", choices=("methods", "models", "datasets", "analyses", "studies"))
     li.add_argument("--json", action="store_true", help="machine-readable output with options and defaults")
     return p
 

@@ -367,7 +367,14 @@ def test_study_cli_protocol_flags(monkeypatch, tmp_path, capsys):
     a = build_parser().parse_args(["study", "toy-depth", "--out", "x"])
     assert (a.optimizer, a.lr, a.n_train, a.mean_range) == ("adam", 1e-3, 1000, 1.0)
     seen = {}
-    monkeypatch.setattr(td, "run_toy_depth", lambda **kw: seen.update(kw) or {"summary": {}})
+    import dataclasses
+
+    from embedlab.trainers.studies import STUDIES
+
+    entry = STUDIES.get("toy-depth")
+    assert entry.obj is td.run_toy_depth  # the registered study is the module's function
+    monkeypatch.setitem(STUDIES._entries, "toy-depth",
+                        dataclasses.replace(entry, obj=lambda **kw: seen.update(kw) or {"summary": {}}))
     assert main(["study", "toy-depth", "--out", str(tmp_path), "--optimizer", "sgd", "--lr", "0.1", "--n-train",
                  "200", "--mean-range", "3", "--epochs", "7"]) == 0
     got = (seen["optimizer"], seen["lr"], seen["n_train"], seen["mean_range"], seen["epochs"])

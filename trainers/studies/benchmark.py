@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import re
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from embedlab.checkpoint import utc_now, versions
 from embedlab.config import TrainConfig, auto_type
 from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write_json
+from embedlab.stats import mean_ci
+from embedlab.trainers.studies import register_study
 
 KIND = "embedlab.study"
 STUDY = "benchmark"
@@ -99,25 +100,6 @@ def slug(label: str) -> str:
     """A directory name for a label: ``dense_multimix[p=1;attention=none]`` → ``dense_multimix-p1-attention-none``."""
     s = re.sub(r"[^A-Za-z0-9_.]+", "-", label.replace("=", "")).strip("-.")
     return s or "method"
-
-
-def t_quantile(df: int, q: float = 0.975) -> float:
-    """Student-t quantile (scipy)."""
-    from scipy import stats
-
-    return float(stats.t.ppf(q, df))
-
-
-def mean_ci(values: Sequence[float]) -> dict[str, Any]:
-    """``{"mean", "std", "ci95": [lo, hi] | None, "n"}``: sample std (ddof 1) and a Student-t 95 % interval."""
-    v = [float(x) for x in values]
-    n = len(v)
-    mean = statistics.fmean(v)
-    if n < 2:
-        return {"mean": mean, "std": None, "ci95": None, "n": n}
-    sd = statistics.stdev(v)
-    half = t_quantile(n - 1) * sd / math.sqrt(n)
-    return {"mean": mean, "std": sd, "ci95": [mean - half, mean + half], "n": n}
 
 
 def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> dict[str, Any] | None:
@@ -263,3 +245,22 @@ def markdown_table(result: dict[str, Any], metrics: Sequence[str] = KEY_METRICS,
 
 PERCENT_METRICS = frozenset({"accuracy", "knn_accuracy", "linear_probe_accuracy", "ece", "ece_scaled", "adaptive_ece",
                              "mce", "brier"})
+
+
+@register_study("benchmark", description="a method × seed grid under one protocol, every run analysed; mean, std and "
+                "95 % interval per metric, paired differences to a baseline", table=markdown_table, analyses=True,
+                filename=FILENAME)
+def benchmark_study(out_dir: str | Path, *, config: TrainConfig, methods: str | Sequence[MethodSpec],
+                    seeds: Sequence[int] = (0, 1, 2), analyze: Callable[[Path, str], Path], analyses: Sequence[str],
+                    analysis_settings: dict[str, dict[str, Any]] | None = None, baseline: str | None = "erm",
+                    progress: bool = True, **_: Any) -> dict[str, Any]:
+    """The registered study: ``methods`` as specs (``"erm,multimix[p=1]"``) or :class:`MethodSpec` objects;
+    ``baseline``: a method label, or None / ``"none"``. See :func:`run_benchmark`."""
+    specs = parse_method_specs(methods) if isinstance(methods, str) else list(methods)
+    labels = [sp.label for sp in specs]
+    baseline = None if baseline in (None, "none") else baseline
+    if baseline is not None and baseline not in labels:
+        raise EmbedlabError(f"--baseline {baseline!r} is not one of --methods ({', '.join(labels)}); add it to "
+                            f"--methods or pass --baseline none")
+    return run_benchmark(config, out_dir, specs=specs, seeds=seeds, analyze=analyze, analyses=analyses,
+                         analysis_settings=analysis_settings, baseline=baseline, progress=progress)

@@ -23,7 +23,9 @@ import torch
 from embedlab.checkpoint import load_model, utc_now, versions
 from embedlab.config import TrainConfig
 from embedlab.data import create_dataset
+from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write_json
+from embedlab.trainers.studies import register_study
 
 KIND = "embedlab.study"
 
@@ -155,3 +157,16 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines.append(f"| {r['variant']} | {r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f} | "
                      f"{100 * r['change_over_baseline_mean']:+.2f} ± {100 * r['change_over_baseline_std']:.2f} |")
     return "\n".join(lines)
+
+
+@register_study("confmix", description="seed 002 §4: ConfMix, ½-ConfMix, α = 0.5 and α schedules against ERM, over "
+                "seeds", table=markdown_table, filename="confmix.json")
+def confmix_study(out_dir: str | Path, *, config: TrainConfig, seeds: tuple[int, ...] = (0, 1, 2),
+                  variants: list[str] | None = None, half_life: float | None = None, warmup: int | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """The registered study: :func:`run_confmix_study` from the base ``config``; unknown variants are one line."""
+    for v in variants or []:
+        if v not in VARIANTS:
+            raise EmbedlabError(f"unknown ConfMix-study variant {v!r}; known: {'; '.join(VARIANTS)}")
+    return run_confmix_study(config, out_dir, seeds=tuple(seeds), variants=variants, half_life=half_life,
+                             warmup=warmup, progress=progress)

@@ -38,9 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from embedlab.checkpoint import versions
 from embedlab.data import GMMSpec
 from embedlab.io import atomic_write_json
+from embedlab.trainers.studies import register_study
 from embedlab.sampling import beta
+from embedlab.stats import mean_ci
 from embedlab.toy import bayes_predict, mmlb
 
 # ------------------------------------------------------------------------------------------------ configuration
@@ -489,20 +492,6 @@ def training_generator(seed: int, K: int, r: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(_stream(seed, K, r, 1).generate_state(1, np.uint64)[0] >> 1))
 
 
-def _mean_ci(v: np.ndarray) -> dict[str, Any]:
-    """Mean, standard error and 95 % t-interval (n − 1 degrees of freedom) of a sample."""
-    from scipy import stats
-
-    v = np.asarray(v, dtype=np.float64)
-    n = len(v)
-    mean = float(v.mean()) if n else float("nan")
-    if n < 2:
-        return {"mean": mean, "sem": None, "ci95": [None, None], "n": n}
-    sem = float(v.std(ddof=1) / math.sqrt(n))
-    h = float(stats.t.ppf(0.975, n - 1)) * sem
-    return {"mean": mean, "sem": sem, "ci95": [mean - h, mean + h], "n": n}
-
-
 def _quartiles(values: np.ndarray) -> np.ndarray:
     """Equal-count quartile index 0..3 of each value by rank (ties broken by position)."""
     rank = np.empty(len(values), dtype=np.int64)
@@ -520,12 +509,12 @@ def summarise(records: list[dict[str, Any]], methods: Sequence[str]) -> dict[str
 
     def block(sel: np.ndarray) -> dict[str, Any]:
         out: dict[str, Any] = {"n": int(sel.sum()),
-                               "bayes_risk_pct": _mean_ci(100.0 * bayes[sel]),
-                               "mmlb": _mean_ci(mm[sel]),
-                               "excess_risk_pct": {m: _mean_ci(pct(m, sel)) for m in methods}}
+                               "bayes_risk_pct": mean_ci(100.0 * bayes[sel]),
+                               "mmlb": mean_ci(mm[sel]),
+                               "excess_risk_pct": {m: mean_ci(pct(m, sel)) for m in methods}}
         if "baseline" in methods:
             base = pct("baseline", sel)
-            out["diff_to_baseline_pct"] = {m: {**_mean_ci(pct(m, sel) - base),
+            out["diff_to_baseline_pct"] = {m: {**mean_ci(pct(m, sel) - base),
                                                "frac_better": float(np.mean(pct(m, sel) < base)) if len(base) else None}
                                            for m in methods if m != "baseline"}
         return out
@@ -572,8 +561,8 @@ def _plot_quartiles(summary: dict[str, Any], methods: Sequence[str], path: Path)
     for j, m in enumerate(methods):
         stats_ = [q["excess_risk_pct"][m] for q in qs]
         mean = [st["mean"] for st in stats_]
-        lo = [st["mean"] - st["ci95"][0] if st["ci95"][0] is not None else 0.0 for st in stats_]
-        hi = [st["ci95"][1] - st["mean"] if st["ci95"][1] is not None else 0.0 for st in stats_]
+        lo = [st["mean"] - st["ci95"][0] if st["ci95"] else 0.0 for st in stats_]
+        hi = [st["ci95"][1] - st["mean"] if st["ci95"] else 0.0 for st in stats_]
         ax.bar(np.arange(len(qs)) + (j - (len(methods) - 1) / 2) * w, mean, w, yerr=[lo, hi], capsize=2,
                label=METHOD_LABELS.get(m, m))
     ax.set_xticks(np.arange(len(qs)))
@@ -638,12 +627,9 @@ def _plot_boundaries(data: dict[str, np.ndarray], methods: Sequence[str], title:
     plt.close(fig)
 
 
-def _versions() -> dict[str, str]:
-    import platform
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-
-
+@register_study("toy-depth", description="seed 002 §3: mixup at depths 0-3 vs baseline on Gaussian-mixture datasets, "
+                "excess risk over the exact Bayes classifier by quartile of the normalised MMLB",
+                filename="toy_depth.json")
 def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4, 5), epochs: int = 20,
                   seed: int = 0, n_train: int = 1000, n_test: int = 20000, mmlb_pairs: int = 20_000,
                   optimizer: str = "adam", lr: float = 1e-3, mean_range: float = 1.0,
@@ -773,7 +759,7 @@ def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4
                          "compiled_update": bool(compile and _COMPILED.get(
                              "fn" if cfg.optimizer == "adam" else f"fn_{cfg.optimizer}") is not None),
                          "resumed_datasets": len(done), "chunk_datasets": chunk_datasets},
-              "versions": _versions(), "records": records}
+              "versions": versions(), "records": records}
     figures = {"excess_vs_mmlb_quartile": "excess_vs_mmlb_quartile.png", "mmlb_vs_bayes_risk": "mmlb_vs_bayes_risk.png"}
     if len(records) >= 4:
         _plot_quartiles(summary, methods, out / figures["excess_vs_mmlb_quartile"])

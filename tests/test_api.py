@@ -1,0 +1,160 @@
+"""The Python API (embedlab.api): the README's example runs, arrays give the numbers `embedlab analyze` gives on the
+same .npz, Results is read-only, nn.Modules and runs evaluate, and `import embedlab` loads nothing heavy."""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import embedlab
+from embedlab.errors import EmbedlabError
+
+ROOT = Path(__file__).resolve().parents[1]
+ARRAY_ANALYSES = "accuracy,knn,align_uniform,calibration,clustering"
+
+
+def _digits_arrays() -> dict[str, dict[str, np.ndarray]]:
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    z = (X @ rng.standard_normal((64, 16))).astype(np.float32)
+    clf = LogisticRegression(max_iter=3000).fit(z[:900], y[:900])
+    out = {}
+    for name, s in (("train", slice(0, 900)), ("val", slice(900, 1200)), ("test", slice(1200, None))):
+        out[name] = {"embeddings": z[s], "labels": y[s].astype(np.int64),
+                     "logits": clf.decision_function(z[s]).astype(np.float32)}
+    return out
+
+
+def test_evaluate_arrays_equals_cli_analyze_on_the_same_npz(tmp_path: Path) -> None:
+    from embedlab.cli import main
+
+    splits = _digits_arrays()
+    np.savez(tmp_path / "digits.npz", **{(k if s == "test" else f"{s}_{k}"): v
+                                         for s, d in splits.items() for k, v in d.items()})
+    assert main(["analyze", str(tmp_path / "digits.npz"), "--out", str(tmp_path / "cli"), "--analyses",
+                 ARRAY_ANALYSES, "--no-progress"]) == 0
+    cli = json.loads((tmp_path / "cli" / "digits" / "results.json").read_text())["metrics"]
+
+    res = embedlab.evaluate(**splits, analyses=ARRAY_ANALYSES, name="digits", out=tmp_path / "api")
+    assert set(res.metrics) == set(cli) and len(cli) > 15
+    for k, e in cli.items():
+        assert res.metrics[k] == e["value"], k  # bit-identical: the same code on the same arrays
+    # the test split alone, as embeddings=/labels=/logits=: the metrics that need no other split agree too
+    alone = embedlab.evaluate(embeddings=splits["test"]["embeddings"], labels=splits["test"]["labels"],
+                              logits=splits["test"]["logits"], analyses="accuracy,align_uniform")
+    for k in ("accuracy", "alignment", "uniformity"):
+        assert alone.metrics[k] == cli[k]["value"], k
+    # torch tensors are accepted as they are
+    import torch
+
+    t = embedlab.evaluate(embeddings=torch.from_numpy(splits["test"]["embeddings"]),
+                          labels=torch.from_numpy(splits["test"]["labels"]), analyses="align_uniform")
+    assert t.metrics["alignment"] == cli["alignment"]["value"]
+
+
+def test_results_is_read_only_and_tabular(tmp_path: Path) -> None:
+    splits = _digits_arrays()
+    res = embedlab.evaluate(**splits, analyses="accuracy,calibration")
+    assert isinstance(res.metrics["accuracy"], float)
+    with pytest.raises(TypeError):
+        res.metrics["accuracy"] = 1.0  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        res.path = tmp_path  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        res.entries["accuracy"]["value"] = 2.0  # type: ignore[index]
+    d = res.to_dict()
+    d["metrics"]["accuracy"]["value"] = -1.0  # a copy: the object does not change
+    assert res.metrics["accuracy"] != -1.0
+    frame = res.to_frame()
+    assert {"model", "metric", "value", "higher_is_better", "analysis"} <= set(frame.columns)
+    assert len(frame) == len(res.metrics)
+    assert frame.set_index("metric")["value"].to_dict() == dict(res.metrics)
+    assert "accuracy=" in repr(res)
+    # without out=, the results live in a temporary folder that goes with the object
+    folder = res.path
+    assert (folder / "results.json").is_file()
+    del res, frame
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_evaluate_rejects_bad_calls_with_one_clear_error() -> None:
+    splits = _digits_arrays()
+    with pytest.raises(EmbedlabError, match="give a source"):
+        embedlab.evaluate()
+    with pytest.raises(EmbedlabError, match="not both"):
+        embedlab.evaluate("x.npz", **splits)
+    with pytest.raises(EmbedlabError, match="unknown keys"):
+        embedlab.evaluate(test={"embeddings": splits["test"]["embeddings"], "labels": splits["test"]["labels"],
+                                "class_names": ["a"]})
+    with pytest.raises(EmbedlabError, match="labels are missing"):
+        embedlab.evaluate(embeddings=splits["test"]["embeddings"])
+    with pytest.raises(EmbedlabError, match="unknown analysis"):
+        embedlab.evaluate(**splits, analyses="knn,nope")
+
+
+def test_evaluate_a_plain_nn_module_on_a_dataset() -> None:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    res = embedlab.evaluate(net, dataset="digits", analyses="accuracy,align_uniform", name="mlp")
+    assert res.name == "mlp" and 0.0 <= res.metrics["accuracy"] <= 1.0
+    assert res.to_dict()["dataset"]["num_examples"] > 0
+    with pytest.raises(EmbedlabError, match="dataset="):
+        embedlab.evaluate(net)
+
+
+def test_readme_from_python_example_runs(tmp_path: Path) -> None:
+    """The README's "From Python" code block, verbatim, in a fresh process and an empty folder."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## From Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "report.html").is_file()
+    assert (tmp_path / "results" / "pca" / "results.json").is_file()
+    assert (tmp_path / "runs" / "multimix" / "model.safetensors").is_file()
+    knn, sil = (float(v) for v in proc.stdout.splitlines()[0].split())
+    assert 0.5 < knn <= 1.0 and -1.0 <= sil <= 1.0
+
+
+def test_import_embedlab_loads_no_layer_and_no_torch() -> None:
+    code = ("import sys, embedlab\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'sklearn', 'faiss') "
+            "or m.startswith(('embedlab.api', 'embedlab.analyses', 'embedlab.trainers', 'embedlab.reports'))]\n"
+            "assert not bad, bad\n"
+            "assert callable(embedlab.evaluate) and 'embedlab.api' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_train_returns_runs_and_the_cli_is_the_api(tmp_path: Path) -> None:
+    runs = embedlab.train({"dataset": "digits", "epochs": 1, "batch_size": 256}, tmp_path / "r", seeds=[0, 1],
+                          progress=False)
+    assert [r.path.name for r in runs] == ["seed0", "seed1"]
+    assert runs[0].checkpoint.is_file() and runs[1].config.seed == 1
+    with pytest.raises(EmbedlabError, match="already exists"):
+        embedlab.train({"dataset": "digits", "epochs": 1}, tmp_path / "r" / "seed0", progress=False)
+    res = runs[0].evaluate(analyses="accuracy", out=tmp_path / "res")
+    assert res.name == "seed0" and 0 <= res.metrics["accuracy"] <= 1
+    # the command line imports the API and nothing else of embedlab's
+    import ast
+
+    tree = ast.parse((ROOT / "embedlab" / "cli.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | \
+               {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m.startswith("embedlab")} <= {"embedlab", "embedlab.errors", "embedlab.config",
+                                                                  "embedlab.recipes"}
