@@ -11,6 +11,7 @@ never used.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -73,7 +74,7 @@ def extract(model: torch.nn.Module, dataset: Dataset, out_dir: str | Path | None
             if not arrays:
                 for k, v in batch.items():
                     shape = (n, *v.shape[1:])
-                    arrays[k] = (open_memmap(Path(out_dir) / f"{k}.npy", mode="w+", dtype=v.dtype, shape=shape)
+                    arrays[k] = (_allocated_memmap(Path(out_dir) / f"{k}.npy", v.dtype, shape)
                                  if out_dir is not None else np.empty(shape, dtype=v.dtype))
             for k, v in batch.items():
                 arrays[k][pos:pos + len(v)] = v
@@ -86,6 +87,27 @@ def extract(model: torch.nn.Module, dataset: Dataset, out_dir: str | Path | None
         if isinstance(a, np.memmap):
             a.flush()
     return Extracted(arrays["embeddings"], arrays["logits"], arrays["labels"])
+
+
+def _allocated_memmap(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
+    """A ``.npy`` file opened for writing through a memory map, with its disk space reserved first.
+
+    ``open_memmap`` creates a sparse file: on a full disk the first write into an unbacked page kills the process
+    with SIGBUS. ``posix_fallocate`` reserves every block up front, so a full disk is an ``OSError`` (ENOSPC) here.
+    """
+    arr = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        try:
+            with open(path, "r+b") as fh:
+                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a file system without fallocate
+                del arr
+                raise OSError(e.errno, f"{e.strerror} (the embedding cache needs "
+                                       f"{np.prod(shape) * np.dtype(dtype).itemsize / 2**20:.1f} MiB for "
+                                       f"{path.name}; choose another --cache-dir or $EMBEDLAB_CACHE)",
+                              str(path.parent.parent)) from None
+    return arr
 
 
 def cache_key(model_sha256: str, dataset: dict[str, Any], split: str, transform: str = "eval") -> str:

@@ -9,6 +9,7 @@ shuffling generator, numpy and Python ``random`` — as they stand at the start 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import random
@@ -75,8 +76,12 @@ def save_state(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Opt
         "model": _cpu(model.state_dict()), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "rng": rng,
     }
+    # Serialised in memory first: torch.save writing straight to a file that hits a full disk raises a RuntimeError
+    # ("unexpected pos ...") instead of the OSError (ENOSPC) the file write below gives, with the file's name.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_write(path, "wb") as fh:
-        torch.save(obj, fh)
+        fh.write(buf.getbuffer())
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
