@@ -1,4 +1,6 @@
-"""Figure data for the report, one builder per section, from groups of results (see :mod:`embedlab.reports.aggregate`).
+"""Figure data for the report from groups of results (see :mod:`embedlab.reports.aggregate`): the UMAP panels,
+confusion matrices and training curves (from the arrays and the checkpoint metadata), and the analyses' plots drawn
+by their kind (:data:`FIGURE_BUILDERS`), never by the analysis that wrote them.
 
 Builders return plain dicts for the template: SVG strings (from :mod:`embedlab.reports.svg`, already escaped), JSON for the
 interactive UMAP canvases (safe inside ``<script type="application/json">``), captions. Over seeds, a figure shows
@@ -11,13 +13,14 @@ import base64
 import hashlib
 import json
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from embedlab.errors import EmbedlabError
 from embedlab.reports import svg
-from embedlab.reports.aggregate import Group, metric_stat, metric_value
+from embedlab.reports.aggregate import Group, metric_stat, metric_value, summarise
 from embedlab.reports.load import ModelResult
 from embedlab.reports.tables import format_sig
 from embedlab.reports.umap_embed import umap_2d, umap_layouts, uses_faiss
@@ -26,7 +29,6 @@ DEFAULT_UMAP: dict[str, Any] = {"n_neighbors": 15, "min_dist": 0.1, "metric": "c
                                 "max_points": 10000, "n_epochs": 200}
 UMAP_OPTIONS = frozenset(DEFAULT_UMAP) | {"use_faiss"}
 QUANT = 65535  # UMAP coordinates are sent to the page as uint16
-OOD_DEFAULT_SCORE = "energy"
 HISTORY_PANELS = (("train_loss", "train loss"), ("val_loss", "validation loss"), ("val_accuracy", "validation accuracy"))
 
 
@@ -60,8 +62,6 @@ def _seed_note(g: Group, pooled: str | None = None) -> str:
 
 
 def umap_settings(umap_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    from embedlab.errors import EmbedlabError
-
     settings = dict(DEFAULT_UMAP)
     if umap_kwargs:
         unknown = sorted(set(umap_kwargs) - UMAP_OPTIONS)
@@ -107,11 +107,31 @@ def group_layouts(groups: Sequence[Group], settings: Mapping[str, Any],
     """The UMAP layout of each group's shown member (None where there is nothing to lay out), in parallel
     processes when the work is large (:func:`embedlab.reports.umap_embed.umap_layouts`)."""
     todo = [i for i, g in enumerate(groups) if layoutable(g.first)]
-    done = umap_layouts([groups[i].first.embeddings for i in todo], settings, workers)
+    keys = {i: _layout_key(groups[i].first.embeddings, settings) for i in todo}
+    missing = [i for i in todo if keys[i] not in _LAYOUTS]
+    done = umap_layouts([groups[i].first.embeddings for i in missing], settings, workers) if missing else []
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(groups)
-    for i, layout in zip(todo, done):
-        out[i] = layout
+    for i in todo:
+        out[i] = _LAYOUTS.get(keys[i])
+    for i, layout in zip(missing, done):
+        for a in layout:
+            a.flags.writeable = False  # shared by every caller of the cache
+        out[i] = _LAYOUTS[keys[i]] = layout
+        while len(_LAYOUTS) > MAX_CACHED_LAYOUTS:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
     return out
+
+
+# The layouts of the last few (embeddings, settings) pairs: the HTML report and the paper figures of one
+# `embedlab report --figures` run lay out the same embeddings once. Layouts are deterministic for their key.
+MAX_CACHED_LAYOUTS = 32
+_LAYOUTS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _layout_key(embeddings: np.ndarray, settings: Mapping[str, Any]) -> str:
+    a = np.ascontiguousarray(embeddings)
+    digest = hashlib.sha1(a.view(np.uint8).reshape(-1)).hexdigest()
+    return f"{digest}:{a.dtype.str}:{a.shape}:{json.dumps(dict(settings), sort_keys=True, default=str)}"
 
 
 def umap_figure(g: Group, settings: Mapping[str, Any], index: int, atlases: Atlases,
@@ -171,29 +191,190 @@ def umap_description(settings: Mapping[str, Any]) -> str:
                      if k != "use_faiss")
 
 
-# --------------------------------------------------------------------------------------------- alignment / uniformity
+# --------------------------------------------------------------------------------------------- plots by kind
+#
+# Every analysis plot is a dict with a "kind" (docs/RESULTS_FORMAT.md). The figures of a report section are drawn by
+# kind, never by analysis name: FIGURE_BUILDERS maps a kind to its drawer. Plots of one kind in one section are drawn
+# together (e.g. "ood" and "ood_logits" both write score_histograms to section "ood"); a plot of a kind with no
+# drawer is left out. A new kind needs a builder here and its markup in the template (macro ``fig_<kind>``).
 
 
-def align_uniform_figure(groups: Sequence[Group], colors: Mapping[str, str]) -> dict[str, Any] | None:
-    points = []
-    for g in groups:
-        a, u = metric_stat(g, "alignment"), metric_stat(g, "uniformity")
-        if a is None or u is None:
-            continue
-        points.append(svg.LabelledPoint(g.name, colors[g.name], u.mean, a.mean, u.std, a.std))
-    if not points:
+@dataclass
+class PlotSet:
+    """The plots of one ``kind`` in one figure ``section``: per result (ModelResult), its plots in analysis order."""
+
+    kind: str
+    section: str
+    analyses: list[str]
+    by_member: dict[int, list[Mapping[str, Any]]]
+    members: dict[int, ModelResult]
+    analysis_of: dict[int, str] = field(default_factory=dict)  # id(plot) -> the analysis that wrote it
+
+    def of(self, m: ModelResult) -> list[Mapping[str, Any]]:
+        return self.by_member.get(id(m), [])
+
+    def only(self, analysis: str) -> "PlotSet":
+        """The same set restricted to one analysis's plots."""
+        by_member = {k: [p for p in plots if self.analysis_of.get(id(p)) == analysis]
+                     for k, plots in self.by_member.items()}
+        by_member = {k: v for k, v in by_member.items() if v}
+        return PlotSet(self.kind, self.section, [analysis], by_member,
+                       {k: m for k, m in self.members.items() if k in by_member}, self.analysis_of)
+
+    def first(self, key: str) -> Any:
+        """The first non-empty ``key`` field over every plot of the set (captions, labels)."""
+        for plots in self.by_member.values():
+            for p in plots:
+                if p.get(key) not in (None, ""):
+                    return p[key]
         return None
+
+
+def _str(v: Any, default: str = "") -> str:
+    return v if isinstance(v, str) else default
+
+
+def plot_section(m: ModelResult, analysis: str, plot: Mapping[str, Any]) -> str:
+    """The figure section of ``analysis``'s plot: its ``"section"`` field, else the section its analysis's metrics
+    name (other than the overview, which holds no figures), else the analysis name."""
+    if isinstance(plot.get("section"), str) and plot["section"]:
+        return plot["section"]
+    for e in m.metrics.values():
+        if isinstance(e, Mapping) and e.get("analysis") == analysis:
+            sec = e.get("section")
+            if isinstance(sec, str) and sec and sec != "overview":
+                return sec
+    return analysis
+
+
+def check_plots(results: Sequence[ModelResult]) -> None:
+    """Every plot is a JSON object with a string ``kind``; else one line naming the analysis and the file."""
+    for m in results:
+        for analysis, plot in m.plots.items():
+            if not isinstance(plot, Mapping) or not isinstance(plot.get("kind"), str):
+                what = f"a {type(plot).__name__}" if not isinstance(plot, Mapping) else "no string 'kind'"
+                raise EmbedlabError(f"malformed {str(analysis)!r} plot data in {m.path}: a plot must be a JSON object "
+                                    f"with a string 'kind', got {what}")
+
+
+def plot_sets(groups: Sequence[Group]) -> list[PlotSet]:
+    """The drawable plots of every result, grouped by (section, kind) in first-seen order (sections, then kinds)."""
+    check_plots([m for g in groups for m in g.members])
+    sets: dict[tuple[str, str], PlotSet] = {}
+    order: list[str] = []
+    for g in groups:
+        for m in g.members:
+            for analysis, plot in m.plots.items():
+                kind = plot["kind"]
+                if kind not in FIGURE_BUILDERS:
+                    continue
+                section = plot_section(m, str(analysis), plot)
+                if section not in order:
+                    order.append(section)
+                ps = sets.setdefault((section, kind), PlotSet(kind, section, [], {}, {}))
+                if analysis not in ps.analyses:
+                    ps.analyses.append(str(analysis))
+                ps.by_member.setdefault(id(m), []).append(plot)
+                ps.members[id(m)] = m
+                ps.analysis_of[id(plot)] = str(analysis)
+    return sorted(sets.values(), key=lambda ps: order.index(ps.section))
+
+
+PLOT_DATA_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError, OverflowError,
+                    ZeroDivisionError)
+
+
+def malformed(ps: PlotSet, e: BaseException, build: Callable[[PlotSet], Any]) -> EmbedlabError:
+    """One line naming the analysis whose plot data ``build`` cannot draw (found by drawing each analysis of the
+    set alone; all of them when none fails alone) and the results files that hold it."""
+    culprits = ps.analyses
+    if len(ps.analyses) > 1:
+        for a in ps.analyses:
+            try:
+                build(ps.only(a))
+            except PLOT_DATA_ERRORS as alone:
+                culprits, ps, e = [a], ps.only(a), alone
+                break
+    names = " / ".join(repr(a) for a in culprits)
+    files = ", ".join(dict.fromkeys(str(m.path) for m in ps.members.values()))
+    why = " ".join(str(e).split())[:200] or type(e).__name__
+    return EmbedlabError(f"malformed {names} plot data in {files}: {why}")
+
+
+def build_figure(ps: PlotSet, groups: Sequence[Group], colors: Mapping[str, str]) -> dict[str, Any] | None:
+    """``FIGURE_BUILDERS[ps.kind]``; hand-edited or damaged plot data is one line naming the results files."""
+    def build(plots: PlotSet) -> dict[str, Any] | None:
+        return FIGURE_BUILDERS[plots.kind](groups, colors, plots)
+
+    try:
+        fig = build(ps)
+    except PLOT_DATA_ERRORS as e:
+        raise malformed(ps, e, build) from e
+    if fig is not None:
+        fig["kind"] = ps.kind
+    return fig
+
+
+def figure_sections(groups: Sequence[Group], colors: Mapping[str, str],
+                    info: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
+    """The report's figure sections, one per section with drawable plots: ``{"key", "id", "title", "note",
+    "figures"}``; ``info``: section id -> {"title", "note"} (:func:`embedlab.reports.tables.section_info`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for ps in plot_sets(groups):
+        fig = build_figure(ps, groups, colors)
+        if fig is None:
+            continue
+        meta = info.get(ps.section, {})
+        sec = out.setdefault(ps.section, {"key": ps.section, "title": "", "note": meta.get("note", ""), "figures": []})
+        sec["title"] = sec["title"] or _str(ps.first("title")) or meta.get("title") or ps.section
+        sec["figures"].append(fig)
+    return list(out.values())
+
+
+def _numbers(v: Any, what: str) -> np.ndarray:
+    """A JSON list of numbers as float64 (null -> NaN); anything else raises ValueError naming ``what``."""
+    if not isinstance(v, list):
+        raise ValueError(f"{what} must be a list of numbers, got {type(v).__name__}")
+    if any(isinstance(x, bool) or not (x is None or isinstance(x, (int, float))) for x in v):
+        raise ValueError(f"{what} must be a list of numbers")
+    return np.array([np.nan if x is None else x for x in v], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------- metric_scatter
+
+
+def metric_scatter_figure(groups: Sequence[Group], colors: Mapping[str, str], ps: PlotSet) -> dict[str, Any] | None:
+    """One point per model (mean over seeds, bars ± one std) for each distinct (x, y) metric pair of the plots."""
+    pairs: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for plots in ps.by_member.values():
+        for p in plots:
+            x, y = p.get("x"), p.get("y")
+            if not isinstance(x, str) or not isinstance(y, str):
+                raise ValueError("a metric_scatter plot names its metrics as strings 'x' and 'y'")
+            pairs.setdefault((x, y), p)
+    charts = []
     seeds = any(g.n > 1 for g in groups)
-    return {"svg": svg.labelled_scatter(points, xlabel="uniformity (lower = more uniform)",
-                                        ylabel="alignment (lower = more aligned)"),
-            "models": [p.name for p in points],
-            "caption": ("Wang & Isola (2020) on \u2113\u2082-normalised test embeddings: alignment is the mean "
-                        "squared distance between same-class pairs, uniformity the log mean Gaussian potential; "
-                        "lower-left is better on both." + (" Points are means over seeds, bars \u00b1 one std."
-                                                           if seeds else ""))}
+    for (x, y), p in pairs.items():
+        points = []
+        for g in groups:
+            sx, sy = metric_stat(g, x), metric_stat(g, y)
+            if sx is None or sy is None:
+                continue
+            points.append(svg.LabelledPoint(g.name, colors[g.name], sx.mean, sy.mean, sx.std, sy.std))
+        if not points:
+            continue
+        caption = _str(p.get("caption"))
+        if seeds:
+            caption = (caption + " Points are means over seeds, bars \u00b1 one std.").strip()
+        charts.append({"svg": svg.labelled_scatter(points, xlabel=_str(p.get("x_label"), x),
+                                                   ylabel=_str(p.get("y_label"), y)),
+                       "models": [pt.name for pt in points], "caption": caption})
+    if not charts:
+        return None
+    return {"charts": charts, "models": list(dict.fromkeys(n for c in charts for n in c["models"]))}
 
 
-# --------------------------------------------------------------------------------------------- calibration
+# --------------------------------------------------------------------------------------------- reliability
 
 
 def pool_reliability(diagrams: Sequence[Mapping[str, Any]]) -> dict[str, list] | None:
@@ -217,66 +398,142 @@ def pool_reliability(diagrams: Sequence[Mapping[str, Any]]) -> dict[str, list] |
             "accuracy": [acc[i] / count[i] if count[i] else None for i in range(len(count))]}
 
 
-def reliability_figure(g: Group) -> dict[str, Any] | None:
-    plots = [m.plots.get("calibration") for m in g.members]
-    plots = [p for p in plots if isinstance(p, Mapping)]
-    before = pool_reliability([p.get("reliability") for p in plots])
-    after = pool_reliability([p.get("reliability_ts") for p in plots])
-    if before is None and after is None:
-        return None
-    ece, ece_ts, t = metric_stat(g, "ece"), metric_stat(g, "ece_ts"), metric_stat(g, "temperature")
-    panels = []
-    if before is not None:
-        panels.append(svg.reliability_chart(before, title="before" + (f" \u00b7 ECE {format_sig(ece.mean)}" if ece else "")))
-    if after is not None:
-        t_text = f" (T = {t.mean:.3g})" if t else ""
-        panels.append(svg.reliability_chart(after, title=f"after{t_text}" + (f" \u00b7 ECE {format_sig(ece_ts.mean)}"
-                                                                               if ece_ts else "")))
-    return {"name": g.name, "panels": panels, "caption": _seed_note(g, "bins pooled")}
+def expected_calibration_error(diagram: Mapping[str, Any]) -> float | None:
+    """ECE of a reliability diagram: the count-weighted mean |accuracy - confidence| over its bins."""
+    total = 0.0
+    gap = 0.0
+    for c, cf, ac in zip(diagram["count"], diagram["confidence"], diagram["accuracy"]):
+        if c and cf is not None and ac is not None:
+            total += c
+            gap += c * abs(float(ac) - float(cf))
+    return gap / total if total else None
 
 
-# --------------------------------------------------------------------------------------------- robustness
+def pooled_diagrams(g: Group, ps: PlotSet) -> dict[str, dict[str, list]]:
+    """Label -> the group's reliability diagram of that label pooled over seeds (labels in first-seen order)."""
+    labels: list[str] = []
+    per_member: list[dict[str, Any]] = []
+    for m in g.members:
+        merged: dict[str, Any] = {}
+        for p in ps.of(m):
+            diagrams = p.get("diagrams")
+            if not isinstance(diagrams, Mapping):
+                raise ValueError("a reliability plot holds its diagrams as an object 'diagrams'")
+            for label, d in diagrams.items():
+                merged.setdefault(str(label), d)
+        labels += [lb for lb in merged if lb not in labels]
+        per_member.append(merged)
+    out = {}
+    for label in labels:
+        pooled = pool_reliability([d[label] for d in per_member if label in d])
+        if pooled is not None:
+            out[label] = pooled
+    return out
 
 
-def robustness_figures(groups: Sequence[Group], colors: Mapping[str, str]) -> list[dict[str, Any]]:
-    """One chart per attack: robust accuracy against ε, one line per model (mean over seeds with equal ε grids)."""
-    attacks: dict[str, dict[str, Any]] = {}
+def reliability_figure(groups: Sequence[Group], colors: Mapping[str, str], ps: PlotSet) -> dict[str, Any] | None:
+    """Per model: one reliability diagram per label (bins pooled over seeds), its ECE computed from the bins."""
+    items = []
     for g in groups:
-        for m in g.members:
-            for label, p in (m.plots.get("robustness") or {}).items():
-                if isinstance(p, Mapping) and isinstance(p.get("eps"), list):
-                    attacks.setdefault(label, {"norm": p.get("norm"), "unit": p.get("eps_unit")})
-    figures = []
-    for label, info in attacks.items():
-        series = []
+        diagrams = pooled_diagrams(g, ps)
+        if not diagrams:
+            continue
+        panels = []
+        for label, d in diagrams.items():
+            ece = expected_calibration_error(d)
+            panels.append(svg.reliability_chart(d, title=label,
+                                                note=f"ECE {format_sig(ece)}" if ece is not None else ""))
+        items.append({"name": g.name, "panels": panels, "caption": _seed_note(g, "bins pooled")})
+    if not items:
+        return None
+    return {"items": items, "models": [i["name"] for i in items], "caption": _str(ps.first("caption"))}
+
+
+# --------------------------------------------------------------------------------------------- curves
+
+
+def _curves_of(m: ModelResult, ps: PlotSet) -> dict[str, Mapping[str, Any]]:
+    merged: dict[str, Mapping[str, Any]] = {}
+    for p in ps.of(m):
+        curves = p.get("curves")
+        if not isinstance(curves, Mapping):
+            raise ValueError("a curves plot holds its curves as an object 'curves'")
+        for label, c in curves.items():
+            if not isinstance(c, Mapping):
+                raise ValueError(f"curve {str(label)!r} must be an object with 'x' and 'y'")
+            merged.setdefault(str(label), c)
+    return merged
+
+
+def curve_series(groups: Sequence[Group], ps: PlotSet) -> tuple[list[str], dict[str, str], list[tuple[str, list]]]:
+    """``(labels, notes, [(label, [(group, name, x, y)])])``: per curve label, one line per model, the mean over
+    the seeds that share the first seed's x grid."""
+    labels: list[str] = []
+    notes: dict[str, str] = {}
+    per_group: dict[str, list[dict[str, Mapping[str, Any]]]] = {}
+    for g in groups:
+        per_group[g.name] = [_curves_of(m, ps) for m in g.members]
+        for curves in per_group[g.name]:
+            for label, c in curves.items():
+                if label not in labels:
+                    labels.append(label)
+                    notes[label] = _str(c.get("note"))
+    out = []
+    for label in labels:
+        lines = []
         for g in groups:
-            curves = [(m.plots.get("robustness") or {}).get(label) for m in g.members]
-            curves = [c for c in curves if isinstance(c, Mapping) and isinstance(c.get("eps"), list)]
+            curves = [c[label] for c in per_group[g.name] if label in c]
             if not curves:
                 continue
-            same = [c for c in curves if c["eps"] == curves[0]["eps"]]
-            acc = np.mean(np.array([c["accuracy"] for c in same], dtype=np.float64), axis=0)
+            xy = []
+            for c in curves:
+                x, y = _numbers(c.get("x"), f"curve {label!r} x"), _numbers(c.get("y"), f"curve {label!r} y")
+                if len(x) != len(y):
+                    raise ValueError(f"curve {label!r}: {len(x)} x values but {len(y)} y values")
+                xy.append((x, y))
+            same = [y for x, y in xy if np.array_equal(x, xy[0][0])]
             name = g.name + (f" (mean of {len(same)} seeds)" if len(same) > 1 else "")
-            series.append(svg.Series(name, colors[g.name], list(zip(curves[0]["eps"], acc.tolist())), model=g.name,
-                                     markers=True))
-        linf = info.get("norm") == "Linf"
-        xlabel = "\u03b5 (\u00d7 1/255, L\u221e)" if linf else "\u03b5 (L2, [0, 1] pixel units)"
-        figures.append({"attack": label, "models": [s.model for s in series],
-                        "svg": svg.line_chart(series, xlabel=xlabel, ylabel="robust accuracy", title=label,
-                                              ylim=(0.0, 1.0), width=380, height=250)})
-    return figures
+            lines.append((g, name, xy[0][0], np.mean(np.stack(same), axis=0)))
+        out.append((label, lines))
+    return labels, notes, out
 
 
-# --------------------------------------------------------------------------------------------- OOD
-
-
-def _ood_plots(m: ModelResult) -> dict[str, dict[str, Any]]:
-    """set -> score -> {hist, roc}, merging the ``ood`` and ``ood_logits`` analyses (``ood`` first)."""
-    out: dict[str, dict[str, Any]] = {}
-    for analysis in ("ood", "ood_logits"):
-        sets = (m.plots.get(analysis) or {}).get("sets")
-        if not isinstance(sets, Mapping):
+def curves_figure(groups: Sequence[Group], colors: Mapping[str, str], ps: PlotSet) -> dict[str, Any] | None:
+    """One chart per curve label, one line per model (mean over seeds with equal x grids). A y axis whose values all
+    lie in [0, 1] spans [0, 1]; the x label carries the curve's note (e.g. its unit)."""
+    _, notes, charts = curve_series(groups, ps)
+    x_label, y_label = _str(ps.first("x_label"), "x"), _str(ps.first("y_label"), "y")
+    out = []
+    for label, lines in charts:
+        if not lines:
             continue
+        series = [svg.Series(name, colors[g.name], list(zip(x.tolist(), y.tolist())), model=g.name, markers=True)
+                  for g, name, x, y in lines]
+        ys = np.concatenate([y for *_, y in lines])
+        ys = ys[np.isfinite(ys)]
+        unit = bool(ys.size) and float(ys.min()) >= 0.0 and float(ys.max()) <= 1.0
+        xlabel = f"{x_label} ({notes[label]})" if notes.get(label) else x_label
+        out.append({"label": label, "models": [s.model for s in series],
+                    "svg": svg.line_chart(series, xlabel=xlabel, ylabel=y_label, title=label,
+                                          ylim=(0.0, 1.0) if unit else None, width=380, height=250)})
+    if not out:
+        return None
+    return {"charts": out, "models": list(dict.fromkeys(m for c in out for m in c["models"])),
+            "caption": _str(ps.first("caption"))}
+
+
+# --------------------------------------------------------------------------------------------- score_histograms
+
+DEFAULT_SCORE = "energy"  # the score shown first when present
+
+
+def score_sets(m: ModelResult, ps: PlotSet) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """set -> score -> {hist, roc} of one result, merging its score_histograms plots (first plot wins)."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in ps.of(m):
+        sets = p.get("sets")
+        if not isinstance(sets, Mapping):
+            raise ValueError("a score_histograms plot holds its sets as an object 'sets'")
         for set_name, scores in sets.items():
             if isinstance(scores, Mapping):
                 for score, data in scores.items():
@@ -285,10 +542,22 @@ def _ood_plots(m: ModelResult) -> dict[str, dict[str, Any]]:
     return out
 
 
-def ood_figures(groups: Sequence[Group], colors: Mapping[str, str]) -> dict[str, Any] | None:
-    """Per OOD set: ROC curves (one line per model) and score histograms (one small multiple per model), both for
-    every score, of which the page shows one at a time (``data-score``)."""
-    per_group = {g.name: _ood_plots(g.first) for g in groups}
+def score_auroc(m: ModelResult, ps: PlotSet, set_name: str, score: str) -> float | None:
+    """The AUROC metric of (set, score) among the plots' analyses, found by its ``key`` coordinates."""
+    for e in m.metrics.values():
+        if not isinstance(e, Mapping) or e.get("analysis") not in ps.analyses:
+            continue
+        key = e.get("key")
+        if (isinstance(key, Mapping) and str(key.get("set")) == set_name and str(key.get("score")) == score
+                and str(key.get("metric", "")).lower() == "auroc"):
+            return metric_value(e)
+    return None
+
+
+def score_histograms_figure(groups: Sequence[Group], colors: Mapping[str, str], ps: PlotSet) -> dict[str, Any] | None:
+    """Per set: ROC curves (one line per model) and ID-vs-set score histograms (one small multiple per model), for
+    every score, of which the page shows one at a time (``data-score``). The lowest seed of each model."""
+    per_group = {g.name: score_sets(g.first, ps) for g in groups}
     sets: list[str] = []
     scores: list[str] = []
     for plots in per_group.values():
@@ -297,7 +566,7 @@ def ood_figures(groups: Sequence[Group], colors: Mapping[str, str]) -> dict[str,
             scores += [sc for sc in by_score if sc not in scores]
     if not sets:
         return None
-    default = OOD_DEFAULT_SCORE if OOD_DEFAULT_SCORE in scores else scores[0]
+    default = DEFAULT_SCORE if DEFAULT_SCORE in scores else scores[0]
     out_sets = []
     for s in sets:
         roc = {}
@@ -307,7 +576,7 @@ def ood_figures(groups: Sequence[Group], colors: Mapping[str, str]) -> dict[str,
                 data = per_group[g.name].get(s, {}).get(score)
                 curve = data.get("roc") if data else None
                 if isinstance(curve, Mapping) and curve.get("fpr"):
-                    auroc = metric_value(g.first.metrics.get(f"ood/{s}/{score}/auroc"))
+                    auroc = score_auroc(g.first, ps, s, score)
                     name = g.name + (f" (AUROC {auroc:.3f})" if auroc is not None else "")
                     series.append(svg.Series(name, colors[g.name], list(zip(curve["fpr"], curve["tpr"])), model=g.name))
             if series:
@@ -321,7 +590,7 @@ def ood_figures(groups: Sequence[Group], colors: Mapping[str, str]) -> dict[str,
                 data = per_group[g.name].get(s, {}).get(score)
                 h = data.get("hist") if data else None
                 if isinstance(h, Mapping) and h.get("edges"):
-                    auroc = metric_value(g.first.metrics.get(f"ood/{s}/{score}/auroc"))
+                    auroc = score_auroc(g.first, ps, s, score)
                     title = g.name + (f" \u00b7 AUROC {auroc:.3f}" if auroc is not None else "")
                     views[score] = svg.score_histogram(h["edges"], h.get("id", []), h.get("ood", []), title=title,
                                                        xlabel=f"{score} score (higher = ID)")
@@ -329,15 +598,75 @@ def ood_figures(groups: Sequence[Group], colors: Mapping[str, str]) -> dict[str,
                 hists.append({"name": g.name, "views": views})
         out_sets.append({"name": s, "roc": roc, "hists": hists})
     conventions: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     for g in groups:
-        for analysis in ("ood", "ood_logits"):
-            c = (g.first.plots.get(analysis) or {}).get("conventions")
-            if isinstance(c, Mapping):
-                conventions.update({str(k): str(v) for k, v in c.items() if str(k) not in conventions})
+        for p in ps.of(g.first):
+            for field_name, into in (("conventions", conventions), ("skipped_scores", skipped)):
+                c = p.get(field_name)
+                if isinstance(c, Mapping):
+                    into.update({str(k): str(v) for k, v in c.items() if str(k) not in into})
     seeds = any(g.n > 1 for g in groups)
     return {"scores": scores, "default": default, "sets": out_sets, "conventions": conventions,
-            "models": [g.name for g in groups if per_group[g.name]],
-            "caption": "Lowest seed of each model." if seeds else ""}
+            "skipped_scores": skipped, "models": [g.name for g in groups if per_group[g.name]],
+            "caption": " ".join(t for t in (_str(ps.first("caption")), "Lowest seed of each model." if seeds else "")
+                                if t)}
+
+
+# --------------------------------------------------------------------------------------------- bars
+
+
+def bar_values(groups: Sequence[Group], ps: PlotSet) -> tuple[list[str], list[tuple[Group, list]]]:
+    """``(categories, [(group, [Stat | None per category])])``: each model's bar per category, mean ± std over its
+    seeds (the plots of one result merged, first wins); categories in first-seen order."""
+    categories: list[str] = []
+    per_group = []
+    for g in groups:
+        members = []
+        for m in g.members:
+            merged: dict[str, float] = {}
+            for p in ps.of(m):
+                bars = p.get("bars")
+                if not isinstance(bars, Mapping):
+                    raise ValueError("a bars plot holds its values as an object 'bars'")
+                for label, v in bars.items():
+                    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                        raise ValueError(f"bar {str(label)!r} must be a number, got {type(v).__name__}")
+                    if v is not None:
+                        merged.setdefault(str(label), float(v))
+            categories += [c for c in merged if c not in categories]
+            members.append(merged)
+        per_group.append((g, members))
+    out = []
+    for g, members in per_group:
+        stats = [summarise([m[c] for m in members if c in m]) for c in categories]
+        if any(st is not None for st in stats):
+            out.append((g, stats))
+    return categories, out
+
+
+def bars_figure(groups: Sequence[Group], colors: Mapping[str, str], ps: PlotSet) -> dict[str, Any] | None:
+    """One grouped bar chart: a group of bars per category, a bar per model (mean over seeds, ± one std)."""
+    categories, values = bar_values(groups, ps)
+    if not values:
+        return None
+    series = [svg.BarSeries(g.name, colors[g.name], [st.mean if st else None for st in stats],
+                            [st.std if st else None for st in stats]) for g, stats in values]
+    seeds = any(g.n > 1 for g, _ in values)
+    caption = " ".join(t for t in (_str(ps.first("caption")),
+                                   "Bars are means over seeds, whiskers \u00b1 one std." if seeds else "") if t)
+    width = int(min(1100, max(420, 60 + len(categories) * (14 + 10 * len(series)))))
+    return {"svg": svg.bar_chart(categories, series, xlabel=_str(ps.first("x_label")), ylabel=_str(ps.first("y_label")),
+                                 title=_str(ps.first("title")), width=width),
+            "models": [g.name for g, _ in values], "caption": caption}
+
+
+FIGURE_BUILDERS: dict[str, Callable[[Sequence[Group], Mapping[str, str], PlotSet], dict[str, Any] | None]] = {
+    "metric_scatter": metric_scatter_figure,
+    "reliability": reliability_figure,
+    "curves": curves_figure,
+    "score_histograms": score_histograms_figure,
+    "bars": bars_figure,
+}
 
 
 # --------------------------------------------------------------------------------------------- confusion

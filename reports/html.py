@@ -9,6 +9,7 @@ in the JSON data, which the script only ever writes as text.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -23,13 +24,16 @@ from embedlab.reports.aggregate import EXECUTION_KEYS, Group, group_results
 from embedlab.reports.load import ModelResult, StudyResult
 from embedlab.reports.studies import study_section
 from embedlab.reports.tables import (MISSING, Section, format_sig, label_noise_text, markdown_table, md_escape,
-                            summary_sections)
+                                     section_info, summary_sections)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_NAME = "report.html.j2"
 SHORT_VERSIONS = ("torch", "embedlab")  # shown in the runs table; all versions are in each run's details
 DEFAULT_UMAP = F.DEFAULT_UMAP
 UMAP_OPTIONS = F.UMAP_OPTIONS
+
+# the page's fixed section ids; a figure section whose id would collide gets a suffix
+RESERVED_IDS = ("summary", "embeddings", "confusion", "training", "studies", "runs", "provenance", "thumb-atlases")
 
 __all__ = ["DEFAULT_UMAP", "build_context", "format_sig", "render_markdown", "render_report"]
 
@@ -156,6 +160,19 @@ def _dataset_label(r: ModelResult) -> str:
 # --------------------------------------------------------------------------------------------- page
 
 
+def _unique_id(key: str, taken: set[str]) -> str:
+    """An HTML id for section ``key`` (lower case, ``-`` for every run of other characters), unique in ``taken``."""
+    base = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-") or "figures"
+    if base[0].isdigit() or base.startswith(("metrics-", "umap-", "atlas-")):
+        base = f"fig-{base}"
+    candidate, i = base, 2
+    while candidate in taken:
+        candidate, i = f"{base}-{i}", i + 1
+    taken.add(candidate)
+    return candidate
+
+
+
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
@@ -177,6 +194,10 @@ def build_context(results: Sequence[ModelResult], *, title: str = "embedlab repo
     groups = group_results(results)
     colors = F.model_colors(groups)
     sections: list[Section] = summary_sections(groups)
+    figure_sections = F.figure_sections(groups, colors, section_info(groups))  # malformed plots fail before UMAP
+    taken = set(RESERVED_IDS)
+    for fs in figure_sections:
+        fs["id"] = _unique_id(fs["key"], taken)
     atlases = F.Atlases.empty()
     layouts = F.group_layouts(groups, settings, workers)
     umaps = [F.umap_figure(g, settings, i, atlases, layout) for i, (g, layout) in enumerate(zip(groups, layouts))]
@@ -209,21 +230,18 @@ def build_context(results: Sequence[ModelResult], *, title: str = "embedlab repo
         "umaps": umaps,
         "atlases": F.json_for_script(atlases.items),
         "umap_desc": F.umap_description(settings),
-        "align_uniform": figure("align_uniform", F.align_uniform_figure, groups, colors),
-        "reliability": [f for g in groups if (f := figure("calibration", F.reliability_figure, g)) is not None],
-        "robustness": figure("robustness", F.robustness_figures, groups, colors),
-        "ood": figure("ood", F.ood_figures, groups, colors),
+        "figure_sections": figure_sections,
         "confusion": [f for g in groups if (f := figure("confusion", F.confusion_figure, g)) is not None],
         "training": figure("training history", F.training_figures, groups, colors),
         "studies": [study_section(s) for s in studies],
     }
     nav = [("summary", "Summary")] if sections else []
+    nav += [("embeddings", "UMAP")] if umaps else []
+    nav += [(fs["id"], fs["title"]) for fs in figure_sections]
     nav += [(key, label) for key, label, present in (
-        ("embeddings", "UMAP", bool(umaps)), ("align-uniform", "Alignment\u2013uniformity", ctx["align_uniform"]),
-        ("calibration", "Calibration", ctx["reliability"]), ("robustness", "Robustness", ctx["robustness"]),
-        ("ood", "OOD", ctx["ood"]), ("confusion", "Confusion", ctx["confusion"]),
-        ("training", "Training", ctx["training"]), ("studies", "Studies", ctx["studies"]),
-        ("runs", "Runs", bool(groups)), ("provenance", "Provenance", bool(groups))) if present]
+        ("confusion", "Confusion", ctx["confusion"]), ("training", "Training", ctx["training"]),
+        ("studies", "Studies", ctx["studies"]), ("runs", "Runs", bool(groups)),
+        ("provenance", "Provenance", bool(groups))) if present]
     ctx["nav"] = nav
     return ctx
 

@@ -2,7 +2,8 @@
 
 Two kinds of input are read:
 
-* analysis results: ``results.json`` (``"kind": "embedlab.analysis"``) beside its ``arrays.npz``, one per model;
+* analysis results: ``results.json`` (``"kind": "embedlab.analysis"``) beside its ``arrays.npz``, one per model,
+  schema version 2 (docs/RESULTS_FORMAT.md); version-1 files are upgraded on load by :func:`upgrade_v1`;
 * study results (:class:`StudyResult`): ``toy_depth.json`` written by ``trainers/studies/toy_depth.py``, or any JSON
   file with ``"kind": "embedlab.study"``, with the PNG figures it names beside it.
 """
@@ -24,7 +25,8 @@ from embedlab.errors import EmbedlabError
 
 RESULTS_FILENAME = "results.json"
 RESULTS_KIND = "embedlab.analysis"
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
+SCHEMA_VERSION = 2  # what a loaded ModelResult holds (version 1 is upgraded)
 STUDY_KIND = "embedlab.study"
 STUDY_FILENAMES = ("toy_depth.json", "confmix.json", "benchmark.json")  # study files recognised by name inside a directory
 THUMBNAIL_CHANNELS = (1, 3, 4)
@@ -62,8 +64,20 @@ class ModelResult:
         return ds if isinstance(ds, dict) else {}
 
     @property
+    def sections(self) -> dict[str, dict[str, str]]:
+        """``results["sections"]``: section id -> {"title", "note"} (strings; malformed entries left out)."""
+        sections = self.results.get("sections")
+        if not isinstance(sections, dict):
+            return {}
+        out = {}
+        for key, sec in sections.items():
+            if isinstance(sec, dict):
+                out[str(key)] = {k: str(sec[k]) for k in ("title", "note") if isinstance(sec.get(k), (str, int, float))}
+        return out
+
+    @property
     def plots(self) -> dict[str, Any]:
-        """``results["plots"]``: analysis name -> the plot data it saved, ``{}`` when absent."""
+        """``results["plots"]``: analysis name -> its plot (a dict with a ``"kind"``), ``{}`` when absent."""
         plots = self.results.get("plots")
         return plots if isinstance(plots, dict) else {}
 
@@ -231,14 +245,19 @@ def _load_one(json_path: Path) -> ModelResult:
     if kind != RESULTS_KIND:
         raise EmbedlabError(f"{json_path} is not an embedlab analysis result (kind={kind!r}, expected {RESULTS_KIND!r})")
     version = results.get("schema_version")
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
+    if isinstance(version, bool) or version not in SUPPORTED_SCHEMA_VERSIONS:
         raise EmbedlabError(
             f"unsupported schema_version {version!r} in {json_path} "
             f"(this embedlab reads {', '.join(map(str, sorted(SUPPORTED_SCHEMA_VERSIONS)))})"
         )
-    for key in ("model", "dataset", "metrics", "plots", "skipped"):
+    for key in ("model", "dataset", "metrics", "plots", "skipped", "sections"):
         if key in results and results[key] is not None and not isinstance(results[key], dict):
             raise EmbedlabError(f"invalid results file {json_path}: {key!r} must be a JSON object")
+    if version == 1:
+        try:
+            results = upgrade_v1(results)
+        except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:  # a guard: upgrade_v1 is total
+            raise EmbedlabError(f"cannot upgrade schema version 1 results file {json_path}: {_one_line(e)}") from e
 
     arrays_name = results.get("arrays") or "arrays.npz"
     if not isinstance(arrays_name, str):
@@ -307,9 +326,10 @@ def _load_arrays(npz_path: Path) -> dict[str, Any]:
     if thumbnails is not None and thumbnail_index is not None:
         if thumbnails.ndim == 3:  # (n, h, w) grayscale
             thumbnails = thumbnails[..., None]
-        if thumbnails.dtype != np.uint8 or thumbnails.ndim != 4 or thumbnails.shape[-1] not in THUMBNAIL_CHANNELS:
-            raise EmbedlabError(f"thumbnails in {npz_path} must be uint8 (n, h, w, C) with C in 1, 3 or 4, "
-                                f"got {thumbnails.dtype} {thumbnails.shape}")
+        if (thumbnails.dtype != np.uint8 or thumbnails.ndim != 4 or thumbnails.shape[-1] not in THUMBNAIL_CHANNELS
+                or 0 in thumbnails.shape[1:3]):
+            raise EmbedlabError(f"thumbnails in {npz_path} must be uint8 (n, h, w, C) with h, w > 0 and C in 1, 3 "
+                                f"or 4, got {thumbnails.dtype} {thumbnails.shape}")
         if (thumbnail_index.ndim != 1 or not np.issubdtype(thumbnail_index.dtype, np.integer)
                 or len(thumbnail_index) != len(thumbnails)):
             raise EmbedlabError(f"thumbnail_index in {npz_path} must be an integer (n,) array with n = "
@@ -380,3 +400,124 @@ def _disambiguate(loaded: list[ModelResult]) -> list[ModelResult]:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+# --------------------------------------------------------------------------------------------- schema version 1
+
+_V1_OVERVIEW = "overview"
+_V1_OVERVIEW_MAX_METRICS = 4  # a v1 analysis with at most this many flat metrics joined the overview table
+_V1_OOD_ANALYSES = ("ood", "ood_logits")
+_V1_SECTION_OF = {"ood_logits": "ood"}  # both OOD analyses write the same metric names: one section
+_V1_OOD_METRICS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR@95TPR"}
+_V1_SECTION_TITLES = {
+    _V1_OVERVIEW: "Overview", "calibration": "Calibration", "clustering": "Clustering",
+    "robustness": "Adversarial robustness", "ood": "OOD detection", "embedding_mmlb": "Embedding-space MMLB",
+}
+_V1_SECTION_NOTES = {
+    "calibration": "Temperature T fitted by NLL on the validation split; every metric on the test split.",
+    "robustness": "Robust accuracy on a seeded test subset; L\u221e radii in multiples of 1/255, L2 radii in [0, 1] "
+                  "pixel units; clean examples that are misclassified count as non-robust.",
+    "ood": "Scores are oriented so that a higher score means in-distribution (ID). AUROC and AUPR: higher is better; "
+           "FPR@95TPR (false-positive rate on OOD data at 95 % true-positive rate on ID data): lower is better. The ID "
+           "set is the model's test split.",
+}
+_V1_ALIGN_UNIFORM_CAPTION = (
+    "Wang & Isola (2020) on \u2113\u2082-normalised test embeddings: alignment is the mean squared distance between "
+    "same-class pairs, uniformity the log mean Gaussian potential; lower-left is better on both.")
+_V1_ROBUSTNESS_CAPTION = ("Robust accuracy against the attack radius \u03b5 (\u03b5 = 0: clean accuracy on the same "
+                          "subset), one line per model.")
+
+
+def upgrade_v1(results: dict[str, Any]) -> dict[str, Any]:
+    """A schema-version-1 ``results.json`` object as version 2 (docs/RESULTS_FORMAT.md): the only place that knows
+    version 1's naming conventions. Returns a new dict; ``results`` is not changed.
+
+    Metric entries get ``section``, ``table``, ``column`` and ``key`` from the metric's name and analysis (the v1
+    report's layout: small flat analyses in the overview, calibration before/after temperature scaling, one table per
+    robustness attack and per OOD set and metric), the top level gets ``sections``, and plot data of the analyses the
+    v1 report drew get their ``kind``: calibration -> ``reliability``, robustness -> ``curves``, ood/ood_logits ->
+    ``score_histograms``, plus a ``metric_scatter`` for align_uniform when alignment and uniformity exist. Plot data
+    of any other analysis (never drawn) is dropped; malformed plot data of those four is kept as found, for the
+    report to name. Total on any JSON object: it never raises on odd contents.
+    """
+    out = dict(results)
+    out["schema_version"] = 2
+    raw_metrics = results.get("metrics") if isinstance(results.get("metrics"), dict) else {}
+
+    def place(analysis: str, name: str) -> tuple[str, str, dict[str, Any]]:
+        """(table, column, key) of metric ``name`` of ``analysis`` in version 1's layout."""
+        parts = name.split("/")
+        if analysis in _V1_OOD_ANALYSES and len(parts) == 4 and parts[0] == "ood":
+            _, ood_set, score, metric = parts
+            set_label = "mean over OOD sets" if ood_set == "mean" else f"OOD set {ood_set}"
+            return (f"{set_label} \u00b7 {_V1_OOD_METRICS.get(metric, metric)}", score,
+                    {"set": ood_set, "score": score, "metric": metric})
+        if analysis == "robustness" and name.startswith("robust_acc/") and len(parts) >= 3:
+            eps = "/".join(parts[2:])
+            return (f"robust accuracy \u00b7 {parts[1]}", eps.replace("eps=", "\u03b5 = "),
+                    {"attack": parts[1], "eps": eps[len("eps="):] if eps.startswith("eps=") else eps})
+        if analysis == "calibration":
+            if name == "temperature":
+                return "after temperature scaling", name, {"metric": name, "scaled": True}
+            if name.endswith("_ts"):
+                return "after temperature scaling", name[: -len("_ts")], {"metric": name[: -len("_ts")], "scaled": True}
+            return "before temperature scaling", name, {"metric": name, "scaled": False}
+        if len(parts) > 1:
+            return "/".join(parts[:-1]), parts[-1], {"group": "/".join(parts[:-1]), "metric": parts[-1]}
+        return "", name, {"metric": name}
+
+    entries: dict[str, dict[str, Any]] = {}
+    by_analysis: dict[str, list[str]] = {}
+    for name, raw in raw_metrics.items():
+        name = str(name)
+        entry = dict(raw) if isinstance(raw, dict) else {"value": raw, "higher_is_better": None}
+        analysis = entry.get("analysis")
+        if not isinstance(analysis, str) or not analysis:
+            analysis = name.split("/")[0] if "/" in name else "other"
+        entry["analysis"] = analysis
+        entry["table"], entry["column"], entry["key"] = place(analysis, name)
+        entries[name] = entry
+        by_analysis.setdefault(analysis, []).append(name)
+    sections: dict[str, dict[str, str]] = {}
+    for analysis, names in by_analysis.items():
+        flat = all(entries[n]["table"] == "" for n in names)
+        small = flat and len(names) <= _V1_OVERVIEW_MAX_METRICS and analysis not in _V1_SECTION_NOTES
+        section = _V1_OVERVIEW if small else _V1_SECTION_OF.get(analysis, analysis)
+        for n in names:
+            entries[n]["section"] = section
+        sections.setdefault(section, {"title": _V1_SECTION_TITLES.get(section, section),
+                                      "note": _V1_SECTION_NOTES.get(section, "")})
+    out["metrics"] = entries
+    out["sections"] = sections
+
+    plots = results.get("plots") if isinstance(results.get("plots"), dict) else {}
+    new_plots: dict[str, Any] = {}
+    if "alignment" in entries and "uniformity" in entries:
+        new_plots["align_uniform"] = {
+            "kind": "metric_scatter", "title": "Alignment and uniformity", "x": "uniformity", "y": "alignment",
+            "x_label": "uniformity (lower = more uniform)", "y_label": "alignment (lower = more aligned)",
+            "caption": _V1_ALIGN_UNIFORM_CAPTION}
+    for analysis, data in plots.items():
+        if data is None:
+            continue
+        if analysis == "calibration":
+            if isinstance(data, dict):
+                diagrams = {label: data[k] for k, label in (("reliability", "before temperature scaling"),
+                                                           ("reliability_ts", "after temperature scaling"))
+                            if data.get(k) is not None}
+                data = {"kind": "reliability", "title": "Reliability diagrams", "diagrams": diagrams}
+            new_plots[analysis] = data
+        elif analysis == "robustness":
+            if isinstance(data, dict):
+                curves = {}
+                for label, c in data.items():
+                    if isinstance(c, dict) and isinstance(c.get("eps"), list):  # v1's report skipped the rest
+                        note = "\u00d7 1/255, L\u221e" if c.get("norm") == "Linf" else "L2, [0, 1] pixel units"
+                        curves[str(label)] = {"x": c["eps"], "y": c.get("accuracy"), "note": note}
+                data = {"kind": "curves", "x_label": "\u03b5", "y_label": "robust accuracy",
+                        "caption": _V1_ROBUSTNESS_CAPTION, "curves": curves}
+            new_plots[analysis] = data
+        elif analysis in _V1_OOD_ANALYSES:
+            new_plots[analysis] = {**data, "kind": "score_histograms"} if isinstance(data, dict) else data
+    out["plots"] = new_plots
+    return out

@@ -7,9 +7,8 @@ the report's CSS (classes ``grid``, ``axis``, ``tick``, ``label``, ``title``, ``
 from __future__ import annotations
 
 import base64
+import io
 import math
-import struct
-import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
@@ -74,7 +73,8 @@ def tick_label(v: float, step: float) -> str:
 
 
 def png_bytes(img: np.ndarray) -> bytes:
-    """Encode a uint8 image ``(h, w)``, ``(h, w, 1)``, ``(h, w, 3)`` or ``(h, w, 4)`` as PNG (zlib only)."""
+    """Encode a uint8 image ``(h, w)``, ``(h, w, 1)``, ``(h, w, 3)`` or ``(h, w, 4)`` as PNG (Pillow, imported on
+    first use): grey, RGB or RGBA, 8 bits per channel, lossless."""
     a = np.asarray(img)
     if a.dtype != np.uint8:
         raise ValueError(f"png_bytes needs uint8, got {a.dtype}")
@@ -82,15 +82,12 @@ def png_bytes(img: np.ndarray) -> bytes:
         a = a[..., None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
         raise ValueError(f"png_bytes needs (h, w[, 1|3|4]), got {a.shape}")
-    h, w, c = a.shape
-    color_type = {1: 0, 3: 2, 4: 6}[c]
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), a.reshape(h, w * c)], axis=1).tobytes()  # filter 0 per row
+    from PIL import Image
 
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    image = Image.fromarray(np.ascontiguousarray(a[..., 0] if a.shape[2] == 1 else a))  # L, RGB or RGBA
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
@@ -329,16 +326,75 @@ def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float,
     return max(w, 0.0) * max(h, 0.0)
 
 
+# --------------------------------------------------------------------------------------------- grouped bars
+
+
+@dataclass(frozen=True)
+class BarSeries:
+    """One model's bars: a value (and optional ± error) per category, None where it has none."""
+
+    name: str
+    color: str
+    values: Sequence[float | None]
+    errors: Sequence[float | None] | None = None
+
+
+def bar_chart(categories: Sequence[str], series: Sequence[BarSeries], *, xlabel: str, ylabel: str, title: str = "",
+              width: int = 560, height: int = 260, max_labelled: int = 40) -> str:
+    """Inline ``<svg>``: one group of bars per category, one bar per series (``<g data-model>``, ``<title>`` per
+    bar), error bars where given; category labels under the groups when there are at most ``max_labelled``."""
+    parts = [_open("chart bars", width, height, title or f"{ylabel} by {xlabel}"), _title(title, width)]
+    vals = [float(v) for s in series for v in s.values if v is not None and math.isfinite(float(v))]
+    if not categories or not series or not vals:
+        parts += [_no_data(width, height), "</svg>"]
+        return "".join(parts)
+    tops = [float(v) + float(e or 0.0) for s in series for v, e in zip(s.values, s.errors or [None] * len(s.values))
+            if v is not None and math.isfinite(float(v))]
+    lo, hi = min(0.0, min(vals)), max(0.0, max(tops))
+    yt, _ = nice_ticks(lo, hi if hi > lo else lo + 1)
+    ylim = (min(yt[0], lo), max(yt[-1], hi if hi > lo else lo + 1))
+    ax = Axes((0.0, float(len(categories))), ylim, width, height, margins=(50, 12, 24 if title else 10, 36))
+    labelled = len(categories) <= max_labelled
+    ticks = ([i + 0.5 for i in range(len(categories))], 1.0) if labelled else ([], 1.0)
+    parts += ax.frame(xlabel, ylabel, xticks=ticks, xtick_text=[str(c) for c in categories] if labelled else None)
+    slot = 0.8 / len(series)
+    for j, s in enumerate(series):
+        g = [f'<g class="series-group" data-model="{escape(s.name)}">']
+        errors = list(s.errors) if s.errors is not None else [None] * len(s.values)
+        for i, (v, e) in enumerate(zip(s.values, errors)):
+            if v is None or not math.isfinite(float(v)):
+                continue
+            v = float(v)
+            x0 = ax.sx(i + 0.1 + j * slot)
+            x1 = ax.sx(i + 0.1 + (j + 1) * slot)
+            y0, y1 = sorted((ax.sy(0.0 if ylim[0] <= 0 <= ylim[1] else ylim[0]), ax.sy(v)))
+            tip = f"{s.name} · {categories[i]}: {_short(v)}" + (_pm(e) if e else "")
+            g.append(f'<rect class="bar" x="{num(x0)}" y="{num(y0)}" width="{num(max(x1 - x0 - 0.5, 0.5))}" '
+                     f'height="{num(max(y1 - y0, 0.5))}" fill="{escape(s.color)}"><title>{escape(tip)}</title></rect>')
+            if e:
+                cx = (x0 + x1) / 2
+                g.append(f'<path class="errorbar" d="M{num(cx)},{num(ax.sy(v - float(e)))} '
+                         f'V{num(ax.sy(v + float(e)))}" stroke="#333333"/>')
+        g.append("</g>")
+        parts.append("".join(g))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 # --------------------------------------------------------------------------------------------- reliability
 
 
-def reliability_chart(diagram: dict[str, list], *, title: str, width: int = 250, height: int = 250) -> str:
+def reliability_chart(diagram: dict[str, list], *, title: str, width: int = 250, height: int = 250,
+                      note: str = "") -> str:
     """Reliability diagram: accuracy per confidence bin (bars), the gap to the bin's mean confidence (red), and the
-    diagonal of perfect calibration. ``diagram`` has ``lower``, ``upper``, ``count``, ``confidence``, ``accuracy``."""
+    diagonal of perfect calibration. ``diagram`` has ``lower``, ``upper``, ``count``, ``confidence``, ``accuracy``.
+    ``note`` (e.g. the ECE) is written in the plot's upper-left corner."""
     ax = Axes((0.0, 1.0), (0.0, 1.0), width, height, margins=(44, 10, 24, 36))
     ticks = ([0.0, 0.25, 0.5, 0.75, 1.0], 0.25)
     parts = [_open("chart reliability", width, height, title), _title(title, width)]
     parts += ax.frame("confidence", "accuracy", xticks=ticks, yticks=ticks)
+    if note:
+        parts.append(f'<text class="note" x="{ax.ml + 6}" y="{ax.mt + 13}">{escape(note)}</text>')
     total = sum(int(c) for c in diagram.get("count", []) if c) or 1
     for lo, hi, count, conf, acc in zip(diagram.get("lower", []), diagram.get("upper", []), diagram.get("count", []),
                                         diagram.get("confidence", []), diagram.get("accuracy", [])):

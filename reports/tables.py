@@ -1,15 +1,11 @@
-"""The summary tables: every metric of every model (mean ± std over seeds), organised by analysis.
+"""The summary tables: every metric of every model (mean ± std over seeds), laid out as the results describe.
 
-Layout. Metrics are placed by the analysis that produced them (``metric["analysis"]``):
-
-* analyses with few flat metrics (accuracy, kNN, alignment/uniformity, …) share one *Overview* table;
-* ``calibration``: one table before and one after temperature scaling (``*_ts``), same columns;
-* ``robustness``: one table per attack, one column per ε (``robust_acc/<attack>/eps=<ε>``);
-* ``ood`` / ``ood_logits``: one table per OOD set and metric, one column per score
-  (``ood/<set>/<score>/<metric>``), as OOD papers print them;
-* any other analysis: one table; a metric named ``a/b/c`` goes to table ``a/b``, column ``c``.
-
-The best value of each column (by mean over seeds) is marked using the metric's ``higher_is_better``.
+Each metric entry of a results.json (schema version 2, docs/RESULTS_FORMAT.md; version 1 is upgraded on load) names
+its ``section``, the ``table`` inside that section (``""``: the section's main table) and its ``column``; the
+top-level ``sections`` give each section's title and note. This module only pivots those descriptors: it knows no
+analysis and no metric naming convention. Sections come in first-seen order with the overview first; tables and
+columns in first-seen order. The best value of each column (by mean over seeds) is marked using the metric's
+``higher_is_better``.
 """
 from __future__ import annotations
 
@@ -24,24 +20,7 @@ from embedlab.reports.aggregate import Group, Stat, metric_stat
 MISSING = "\u2013"  # en dash shown for absent values
 ARROWS = {True: "\u2191", False: "\u2193", None: ""}
 OVERVIEW = "overview"
-OVERVIEW_MAX_METRICS = 4  # an analysis with at most this many flat metrics joins the overview table
-OOD_ANALYSES = ("ood", "ood_logits")
-SECTION_OF = {"ood_logits": "ood"}  # both OOD analyses write the same metric names: one section
-OOD_METRICS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR@95TPR"}
-OOD_CONVENTION = ("Scores are oriented so that a higher score means in-distribution (ID). AUROC and AUPR: higher is "
-                  "better; FPR@95TPR (false-positive rate on OOD data at 95 % true-positive rate on ID data): lower "
-                  "is better. The ID set is the model's test split.")
-SECTION_TITLES = {
-    OVERVIEW: "Overview", "calibration": "Calibration", "clustering": "Clustering",
-    "robustness": "Adversarial robustness", "ood": "OOD detection",
-    "embedding_mmlb": "Embedding-space MMLB",
-}
-SECTION_NOTES = {
-    "calibration": "Temperature T fitted by NLL on the validation split; every metric on the test split.",
-    "robustness": "Robust accuracy on a seeded test subset; L\u221e radii in multiples of 1/255, L2 radii in [0, 1] "
-                  "pixel units; clean examples that are misclassified count as non-robust.",
-    "ood": OOD_CONVENTION,
-}
+FALLBACK_SECTION = "other"  # a metric entry that names no section
 
 
 @dataclass(frozen=True)
@@ -88,7 +67,7 @@ class Table:
 
 @dataclass(frozen=True)
 class Section:
-    key: str  # analysis name, or "overview"
+    key: str  # the section id of the metric entries ("overview": the headline numbers)
     title: str
     tables: list[Table]
     note: str = ""
@@ -166,74 +145,60 @@ def _describe(entry: Any) -> str:
     return analysis
 
 
-def _analysis_of(entry: Any, key: str) -> str:
-    analysis = entry.get("analysis") if isinstance(entry, Mapping) else None
-    if isinstance(analysis, str) and analysis:
-        return analysis
-    return key.split("/")[0] if "/" in key else "other"
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else (str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
 
 
-def place(analysis: str, key: str) -> tuple[str, str]:
-    """``(table title, column label)`` of metric ``key`` within its analysis section ("" = the main table)."""
-    parts = key.split("/")
-    if analysis in OOD_ANALYSES and len(parts) == 4 and parts[0] == "ood":
-        _, ood_set, score, name = parts
-        set_label = "mean over OOD sets" if ood_set == "mean" else f"OOD set {ood_set}"
-        return f"{set_label} \u00b7 {OOD_METRICS.get(name, name)}", score
-    if analysis == "robustness" and key.startswith("robust_acc/") and len(parts) >= 3:
-        eps = "/".join(parts[2:]).replace("eps=", "\u03b5 = ")
-        return f"robust accuracy \u00b7 {parts[1]}", eps
-    if analysis == "calibration":
-        if key == "temperature":
-            return "after temperature scaling", key
-        if key.endswith("_ts"):
-            return "after temperature scaling", key[: -len("_ts")]
-        return "before temperature scaling", key
-    if len(parts) > 1:
-        return "/".join(parts[:-1]), parts[-1]
-    return "", key
+def locate(name: str, entry: Any) -> tuple[str, str, str]:
+    """``(section, table, column)`` of metric ``name`` from its entry's descriptors. An entry that lacks them
+    (hand-edited, or not an object) goes to its analysis's section (else "other"), main table, column = its name."""
+    e = entry if isinstance(entry, Mapping) else {}
+    section = _text(e.get("section")) or _text(e.get("analysis")) or FALLBACK_SECTION
+    table = _text(e.get("table")) or ""
+    column = _text(e.get("column")) or name
+    return section, table, column
+
+
+def section_info(groups: Sequence[Group]) -> dict[str, dict[str, str]]:
+    """Section id -> {"title", "note"} over every result (the first non-empty value of each wins)."""
+    info: dict[str, dict[str, str]] = {}
+    for g in groups:
+        for m in g.members:
+            for key, sec in m.sections.items():
+                have = info.setdefault(key, {"title": "", "note": ""})
+                for k in ("title", "note"):
+                    if not have[k] and sec.get(k):
+                        have[k] = sec[k]
+    return info
 
 
 def summary_sections(groups: Sequence[Group]) -> list[Section]:
-    """Every metric of every group, organised as described in the module doc; sections in first-seen order."""
-    keys: list[str] = []
+    """Every metric of every group, placed by its descriptors; sections in first-seen order, the overview first."""
     entries: dict[str, list[Any]] = {}
     run_settings: dict[str, list[str]] = {}  # metric -> the user's settings of its analysis, per run
+    layout: dict[str, dict[str, dict[str, str]]] = {}  # section -> table title -> {metric: column label}
     for g in groups:
         for m in g.members:
             settings = m.results.get("settings") if isinstance(m.results.get("settings"), Mapping) else {}
             for k, e in m.metrics.items():
                 if k not in entries:
-                    keys.append(k)
                     entries[k] = []
                     run_settings[k] = []
+                    section, table, column = locate(k, e)
+                    layout.setdefault(section, {}).setdefault(table, {})[k] = column
                 entries[k].append(e)
-                run_settings[k].append(json.dumps(settings.get(_analysis_of(e, k)), sort_keys=True, default=str))
-    by_analysis: dict[str, list[str]] = {}
-    for k in keys:
-        by_analysis.setdefault(_analysis_of(entries[k][0], k), []).append(k)
-
-    section_of = {}
-    for analysis, ks in by_analysis.items():
-        flat = all(place(analysis, k)[0] == "" for k in ks)
-        small = flat and len(ks) <= OVERVIEW_MAX_METRICS and analysis not in SECTION_NOTES
-        section_of[analysis] = OVERVIEW if small else SECTION_OF.get(analysis, analysis)
-
-    layout: dict[str, dict[str, list[tuple[str, str]]]] = {}  # section -> table title -> [(key, label)]
-    for analysis, ks in by_analysis.items():
-        tables = layout.setdefault(section_of[analysis], {})
-        for k in ks:
-            title, label = place(analysis, k)
-            tables.setdefault(title, []).append((k, label))
-
+                analysis = e.get("analysis") if isinstance(e, Mapping) else None
+                run_settings[k].append(json.dumps(settings.get(analysis) if isinstance(analysis, str) else None,
+                                                  sort_keys=True, default=str))
+    info = section_info(groups)
     sections = []
     for sec, tables in layout.items():
-        built = [_table(title, [_column(k, label, entries[k], len(set(run_settings[k])) > 1) for k, label in cols],
-                        groups)
+        built = [_table(title, [_column(k, label, entries[k], len(set(run_settings[k])) > 1)
+                                for k, label in cols.items()], groups)
                  for title, cols in tables.items()]
-        sections.append(Section(sec, SECTION_TITLES.get(sec, sec), built, SECTION_NOTES.get(sec, "")))
-    # the overview first: it holds the headline numbers
-    sections.sort(key=lambda s: s.key != OVERVIEW)
+        meta = info.get(sec, {})
+        sections.append(Section(sec, meta.get("title") or sec, built, meta.get("note") or ""))
+    sections.sort(key=lambda s: s.key != OVERVIEW)  # the overview first: it holds the headline numbers
     return sections
 
 

@@ -158,3 +158,26 @@ def test_train_returns_runs_and_the_cli_is_the_api(tmp_path: Path) -> None:
                {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert {m for m in imported if m.startswith("embedlab")} <= {"embedlab", "embedlab.errors", "embedlab.config",
                                                                   "embedlab.recipes"}
+
+
+def test_report_as_latex_and_paper_figures_from_the_api_and_the_cli(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from embedlab.cli import main
+
+    splits = _digits_arrays()
+    a = embedlab.evaluate(**splits, analyses="accuracy,align_uniform,calibration", out=tmp_path / "res", name="a")
+    tex = embedlab.report(a, tmp_path / "t.tex", format="tex")
+    text = tex.read_text()
+    assert "\\toprule" in text and "\\bottomrule" in text and f"{a.metrics['accuracy']:.4f}"[:5] in text
+    with pytest.raises(EmbedlabError, match="already exists"):
+        embedlab.report(a, tex, format="tex")
+    assert main(["report", str(tmp_path / "res"), "-o", str(tmp_path / "r.html"), "--figures",
+                 str(tmp_path / "figs"), "--umap-epochs", "20"]) == 0
+    pngs = sorted((tmp_path / "figs").glob("*.png"))
+    pdfs = sorted((tmp_path / "figs").glob("*.pdf"))
+    assert pngs and {p.stem for p in pngs} == {p.stem for p in pdfs}
+    assert any("reliability" in p.stem for p in pngs) and any("umap" in p.stem for p in pngs)
+    with Image.open(pngs[0]) as im:
+        assert im.size[0] > 100
+    assert pdfs[0].read_bytes()[:4] == b"%PDF"

@@ -773,6 +773,9 @@ def test_reports_does_not_import_torch_or_upper_layers() -> None:
 
     code = (
         "import sys, warnings, numpy as np, embedlab.reports as reports, embedlab.reports.html as h, embedlab.reports.umap_embed as u, embedlab.reports.svg as s\n"
+        "import embedlab.reports.tex, embedlab.reports.paper_figures, embedlab.reports.load as load\n"
+        "assert 'matplotlib' not in sys.modules and 'seaborn' not in sys.modules, 'imported eagerly'\n"
+        "s.png_bytes(np.zeros((2, 2, 3), np.uint8))\n"
         "u.knn_graph(np.random.default_rng(0).random((30, 4), dtype=np.float32), 5); s.palette(12)\n"
         "warnings.simplefilter('ignore'); import umap\n"  # what umap_2d imports lazily
         "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('embedlab.trainers', 'embedlab.analyses'))]\n"
@@ -797,3 +800,198 @@ def test_cli_report_html_md_and_force(results_root: Path, tmp_path: Path, capsys
     md = tmp_path / "r.md"
     assert main(["report", str(results_root), "-o", str(md), "--format", "md"]) == 0
     assert md.read_text().startswith("| model |")
+
+
+# --------------------------------------------------------------------------------------------- schema version 2
+
+
+def as_v2(folder: Path, *, metrics: dict[str, dict[str, Any]], sections: dict[str, dict[str, str]],
+          plots: dict[str, Any]) -> Path:
+    """Rewrite ``folder/results.json`` (from :func:`write_results`) as schema version 2 with these descriptors."""
+    path = folder / "results.json"
+    data = json.loads(path.read_text())
+    data.update(schema_version=2, metrics=metrics, sections=sections, plots=plots)
+    path.write_text(json.dumps(data))
+    return folder
+
+
+def v2_metric(value: float, hib: bool | None, analysis: str, section: str, table: str, column: str,
+              **key: Any) -> dict[str, Any]:
+    return {"value": value, "higher_is_better": hib, "analysis": analysis, "settings": {}, "section": section,
+            "table": table, "column": column, "key": key}
+
+
+def test_upgrade_v1_produces_the_v2_descriptors(seeded_root: Path) -> None:
+    from embedlab.reports.load import upgrade_v1
+
+    raw = json.loads((seeded_root / "mm-seed0" / "results.json").read_text())
+    up = upgrade_v1(raw)
+    assert raw["schema_version"] == 1 and "sections" not in raw  # the input is not changed
+    assert up["schema_version"] == 2
+    m = up["metrics"]
+    assert {k: (m[k]["section"], m[k]["table"], m[k]["column"]) for k in m} == {
+        "accuracy": ("overview", "", "accuracy"),
+        "uniformity": ("overview", "", "uniformity"),
+        "alignment": ("overview", "", "alignment"),
+        "ood/gaussian/energy/auroc": ("ood", "OOD set gaussian \u00b7 AUROC", "energy"),
+        "ood/gaussian/energy/fpr95": ("ood", "OOD set gaussian \u00b7 FPR@95TPR", "energy"),
+        "ece": ("calibration", "before temperature scaling", "ece"),
+    }
+    assert m["ood/gaussian/energy/auroc"]["key"] == {"set": "gaussian", "score": "energy", "metric": "auroc"}
+    assert m["ece"]["key"] == {"metric": "ece", "scaled": False}
+    assert up["sections"]["ood"]["title"] == "OOD detection" and "in-distribution" in up["sections"]["ood"]["note"]
+    assert set(up["sections"]) == {"overview", "ood", "calibration"}
+    plots = up["plots"]
+    assert {a: p["kind"] for a, p in plots.items()} == {
+        "align_uniform": "metric_scatter", "calibration": "reliability", "robustness": "curves",
+        "ood": "score_histograms"}
+    assert list(plots["calibration"]["diagrams"]) == ["before temperature scaling", "after temperature scaling"]
+    assert plots["calibration"]["diagrams"]["before temperature scaling"] == raw["plots"]["calibration"]["reliability"]
+    curve = plots["robustness"]["curves"]["pgd_linf"]
+    assert curve["x"] == raw["plots"]["robustness"]["pgd_linf"]["eps"]
+    assert curve["y"] == raw["plots"]["robustness"]["pgd_linf"]["accuracy"] and "1/255" in curve["note"]
+    assert plots["ood"]["sets"] == raw["plots"]["ood"]["sets"]
+    assert (plots["align_uniform"]["x"], plots["align_uniform"]["y"]) == ("uniformity", "alignment")
+    # robustness and calibration metrics, OOD means, the generic a/b/c rule, bare numbers
+    more = upgrade_v1({"metrics": {
+        "robust_acc/pgd_l2/eps=0.5": {"value": 0.4, "higher_is_better": True, "analysis": "robustness"},
+        "ece_ts": {"value": 0.01, "higher_is_better": False, "analysis": "calibration"},
+        "temperature": {"value": 1.5, "higher_is_better": None, "analysis": "calibration"},
+        "ood/mean/msp/auroc": {"value": 0.8, "higher_is_better": True, "analysis": "ood_logits"},
+        "x/y/z": {"value": 1.0, "higher_is_better": None, "analysis": "thing"},
+        "bare": 3.5}, "plots": {"embedding_mmlb": {"per_class": {"a": 0.1}}, "robustness": "abc"}})
+    mm = more["metrics"]
+    assert (mm["robust_acc/pgd_l2/eps=0.5"]["table"], mm["robust_acc/pgd_l2/eps=0.5"]["column"]) == (
+        "robust accuracy \u00b7 pgd_l2", "\u03b5 = 0.5")
+    assert mm["robust_acc/pgd_l2/eps=0.5"]["key"] == {"attack": "pgd_l2", "eps": "0.5"}
+    assert (mm["ece_ts"]["table"], mm["ece_ts"]["column"], mm["ece_ts"]["key"]) == (
+        "after temperature scaling", "ece", {"metric": "ece", "scaled": True})
+    assert mm["temperature"]["table"] == "after temperature scaling"
+    assert (mm["ood/mean/msp/auroc"]["section"], mm["ood/mean/msp/auroc"]["table"]) == (
+        "ood", "mean over OOD sets \u00b7 AUROC")
+    assert (mm["x/y/z"]["section"], mm["x/y/z"]["table"], mm["x/y/z"]["column"]) == ("thing", "x/y", "z")
+    assert mm["bare"]["value"] == 3.5 and mm["bare"]["section"] == "overview"
+    assert more["plots"] == {"robustness": "abc"}  # never-drawn plots dropped; malformed ones kept for the report
+
+
+def test_v2_results_load_and_v1_files_are_upgraded(results_root: Path, tmp_path: Path) -> None:
+    loaded = load_results([results_root / "a"])[0]
+    assert loaded.results["schema_version"] == 2 and loaded.metrics["accuracy"]["section"] == "overview"
+    d = write_results(tmp_path, "v3", metrics={"accuracy": (0.5, True)})
+    data = json.loads((d / "results.json").read_text())
+    for version in (3, "2", None, True):
+        (d / "results.json").write_text(json.dumps({**data, "schema_version": version}))
+        with pytest.raises(EmbedlabError, match=re.escape(f"unsupported schema_version {version!r}")) as err:
+            load_results([d])
+        assert "\n" not in str(err.value) and "reads 1, 2" in str(err.value)
+
+
+@pytest.fixture()
+def v2_root(tmp_path: Path) -> Path:
+    """Two models in schema version 2 with an analysis the report layer has never heard of ("wobble"): its own
+    section, two tables, a `curves` plot; and a second `curves` analysis sharing its section."""
+    root = tmp_path / "v2"
+    for i, name in enumerate(("alpha", "beta")):
+        d = write_results(root, name, metrics={}, seed=i, method=f"m{i}")
+        metrics = {
+            "acc": v2_metric(0.8 + 0.1 * i, True, "accuracy", "overview", "", "top-1 accuracy", metric="acc"),
+            "wobble/amp/low": v2_metric(1.0 - 0.2 * i, False, "wobble", "wobble", "amplitude", "low f",
+                                        metric="amp", band="low"),
+            "wobble/amp/high": v2_metric(2.0 + i, False, "wobble", "wobble", "amplitude", "high f",
+                                         metric="amp", band="high"),
+            "wobble/phase": v2_metric(0.1 * i, None, "wobble", "wobble", "", "phase", metric="phase"),
+            "drift": v2_metric(0.5, True, "drift", "wobble", "drift table", "drift", metric="drift"),
+        }
+        sections = {"overview": {"title": "Overview", "note": ""},
+                    "wobble": {"title": "Wobble & drift <analysis>", "note": "Wobble is measured in mm."}}
+        plots = {
+            "wobble": {"kind": "curves", "x_label": "frequency", "y_label": "amplitude",
+                       "curves": {"sweep": {"x": [1, 2, 3], "y": [0.1 * i, 0.2, 0.3], "note": "Hz"}}},
+            "drift": {"kind": "curves", "x_label": "frequency", "y_label": "amplitude",
+                      "curves": {"drift": {"x": [0, 1], "y": [5.0, 6.0 + i], "note": ""}}},
+            "future": {"kind": "hologram", "data": [1, 2]},  # a kind this report cannot draw: left out
+        }
+        as_v2(d, metrics=metrics, sections=sections, plots=plots)
+    return root
+
+
+def test_v2_tables_come_from_the_descriptors(v2_root: Path, tmp_path: Path) -> None:
+    from embedlab.reports.tables import summary_sections
+
+    groups = group_results(load_results([v2_root]))
+    sections = summary_sections(groups)
+    assert [(s.key, s.title) for s in sections] == [("overview", "Overview"), ("wobble", "Wobble & drift <analysis>")]
+    wobble = sections[1]
+    assert wobble.note == "Wobble is measured in mm."
+    assert [(t.title, [c.label for c in t.columns]) for t in wobble.tables] == [
+        ("amplitude", ["low f", "high f"]), ("", ["phase"]), ("drift table", ["drift"])]
+    low = wobble.tables[0]
+    assert [c.best for c in low.rows[0].cells] == [False, True] and [c.best for c in low.rows[1].cells] == [True, False]
+    assert sections[0].tables[0].columns[0].key == "acc" and sections[0].tables[0].rows[1].cells[0].best
+    md = render_markdown(load_results([v2_root]))
+    assert "**Wobble &amp; drift &lt;analysis&gt; \u00b7 amplitude**" in md and "| model | low f \u2193 | high f \u2193 |" in md
+    html = render_report(load_results([v2_root]), tmp_path / "v2.html", umap_kwargs={"n_epochs": 20}).read_text()
+    p = parse(html)
+    assert float(p.cells[("beta", "wobble/amp/low")]["value"]) == pytest.approx(0.8)
+    assert "Wobble &amp; drift &lt;analysis&gt;" in html and "<analysis>" not in html
+
+
+def test_v2_figures_are_drawn_by_kind(v2_root: Path, tmp_path: Path) -> None:
+    html = render_report(load_results([v2_root]), tmp_path / "v2.html", umap_kwargs={"n_epochs": 20}).read_text()
+    section = html[html.index('<section id="wobble"'):]
+    section = section[:section.index("</section>")]
+    assert 'data-section="wobble"' in section and "<h2>Wobble &amp; drift &lt;analysis&gt;</h2>" in section
+    assert section.count('<figure class="curves-plot"') == 2  # "sweep" and "drift": two analyses, one section
+    assert "frequency (Hz)" in section and 'data-curve="sweep"' in section
+    assert "hologram" not in html
+    assert parse(html).section_models["wobble"] >= {"alpha", "beta"}
+    assert '<a href="#wobble">Wobble &amp; drift &lt;analysis&gt;</a>' in html
+
+
+@pytest.mark.parametrize("plot", ["abc", {"no": "kind"}, {"kind": 3}, {"kind": "curves", "curves": "x"},
+                                  {"kind": "curves", "curves": {"c": {"x": [1, 2], "y": ["a", "b"]}}},
+                                  {"kind": "curves", "curves": {"c": {"x": [1, 2], "y": [1]}}},
+                                  {"kind": "reliability", "diagrams": {"d": {"count": [1], "confidence": ["x"],
+                                                                             "accuracy": [0.5], "lower": [0],
+                                                                             "upper": [1]}}},
+                                  {"kind": "score_histograms", "sets": 5},
+                                  {"kind": "metric_scatter", "x": 1, "y": "acc"}])
+def test_malformed_v2_plot_is_one_line(v2_root: Path, tmp_path: Path, plot: Any) -> None:
+    path = v2_root / "alpha" / "results.json"
+    data = json.loads(path.read_text())
+    data["plots"]["wobble"] = plot
+    path.write_text(json.dumps(data))
+    with pytest.raises(EmbedlabError) as err:
+        render_report(load_results([v2_root / "alpha"]), tmp_path / "bad.html", umap_kwargs={"n_epochs": 10})
+    assert str(err.value).startswith(f"malformed 'wobble' plot data in {path}: ") and "\n" not in str(err.value)
+    assert not (tmp_path / "bad.html").exists()
+    assert render_markdown(load_results([v2_root / "alpha"]))  # tables need no plots
+
+
+def test_v1_and_v2_of_the_same_results_render_the_same_tables(seeded_root: Path, tmp_path: Path) -> None:
+    from embedlab.reports.load import upgrade_v1
+
+    v2 = tmp_path / "as_v2"
+    for d in sorted(seeded_root.iterdir()):
+        target = v2 / d.name
+        target.mkdir(parents=True)
+        (target / "arrays.npz").write_bytes((d / "arrays.npz").read_bytes())
+        (target / "results.json").write_text(json.dumps(upgrade_v1(json.loads((d / "results.json").read_text()))))
+    assert render_markdown(load_results([v2])) == render_markdown(load_results([seeded_root]))
+
+
+def test_v2_bars_plot(tmp_path: Path) -> None:
+    for s in range(2):
+        for name in ("mm", "erm"):
+            d = write_results(tmp_path, f"{name}-seed{s}", metrics={}, seed=s, method=name, n_per_class=5)
+            as_v2(d, metrics={"mmlb": v2_metric(0.1 + s, False, "mmlb", "convex", "", "MMLB")},
+                  sections={"convex": {"title": "Convexity", "note": ""}},
+                  plots={"mmlb": {"kind": "bars", "x_label": "class", "y_label": "rate", "title": "per class",
+                                  "bars": {c: 0.1 * (i + 1) + 0.02 * s for i, c in enumerate(CLASSES)}}})
+    html = render_report(load_results([tmp_path]), tmp_path / "r.html", umap_kwargs={"n_epochs": 10}).read_text()
+    section = html[html.index('<section id="convex"'):]
+    section = section[:section.index("</section>")]
+    assert "<h2>per class</h2>" in section  # a plot title names its figure section
+    assert section.count('<rect class="bar"') == 2 * len(CLASSES)
+    assert "mm \u00b7 dog: 0.21 \u00b1 0.014" in section  # mean and std over the two seeds
+    assert "whiskers" in section and parse(html).section_models["convex"] >= {"mm", "erm"}
