@@ -21,6 +21,7 @@ from embedlab.reports import figures as F
 from embedlab.reports import svg
 from embedlab.reports.aggregate import Group, group_results, metric_stat
 from embedlab.reports.load import ModelResult, StudyResult
+from embedlab.reports.study_figures import study_figures
 from embedlab.reports.tables import format_sig
 
 __all__ = ["PAPER_DRAWERS", "safe_name", "write_figures"]
@@ -408,8 +409,16 @@ def write_figures(results: Sequence[ModelResult], directory: str | Path, *, stud
                 _training(groups, colors, out)
                 _confusion(groups, out)
             for study in studies:
+                try:
+                    drawn = study_figures(study)
+                except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+                    raise EmbedlabError(f"cannot draw the figures of study {study.path}: "
+                                        f"{' '.join(str(e).split()) or type(e).__name__} (malformed study data)") from e
+                for name, fig in drawn.items():
+                    out.save(fig, "study", study.name, name)
                 for name, path in study.figures.items():
-                    out.image(path, "study", study.name, name)
+                    if name not in drawn:
+                        out.image(path, "study", study.name, name)
     except OSError as e:
         raise EmbedlabError(f"cannot write figures into {out_dir}: {' '.join(str(e).split())}") from e
     return out.paths

@@ -13,7 +13,9 @@ import math
 from typing import Any, Mapping
 
 from embedlab.reports import svg
+from embedlab.errors import EmbedlabError
 from embedlab.reports.load import StudyResult
+from embedlab.reports.study_figures import png_bytes, study_figures
 from embedlab.reports.tables import MISSING, format_sig, label_noise_text
 
 MAX_GENERIC_ROWS = 200
@@ -259,7 +261,16 @@ def study_section(study: StudyResult) -> dict[str, Any]:
     if isinstance(wall, (int, float)) and not isinstance(wall, bool):
         facts.append(("wall time", f"{wall:.0f} s"))
     figures = []
+    try:
+        drawn = study_figures(study)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise EmbedlabError(f"cannot draw the figures of study {study.path}: {' '.join(str(e).split()) or type(e).__name__}"
+                            f" (malformed study data)") from e
+    for name, fig in drawn.items():
+        figures.append({"name": name.replace("_", " "), "uri": svg.data_uri(png_bytes(fig))})
     for name, path in study.figures.items():
+        if name in drawn:
+            continue
         try:
             raw = path.read_bytes()
         except OSError:

@@ -48,8 +48,6 @@ from embedlab.toy import bayes_predict, mmlb
 
 # ------------------------------------------------------------------------------------------------ configuration
 METHOD_DEPTHS: dict[str, int | None] = {"baseline": None, "mixup_k0": 0, "mixup_k1": 1, "mixup_k2": 2, "mixup_k3": 3}
-METHOD_LABELS = {"baseline": "Baseline", "mixup_k0": "Mixup 0", "mixup_k1": "Mixup 1", "mixup_k2": "Mixup 2",
-                 "mixup_k3": "Mixup 3"}
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZERS = ("adam", "sgd")
 
@@ -549,84 +547,6 @@ def _grid(lim: float = 2.0, n: int = 200) -> tuple[np.ndarray, np.ndarray, np.nd
     return gx, gy, np.stack([gx.ravel(), gy.ravel()], 1)  # (n·n, 2)
 
 
-def _plot_quartiles(summary: dict[str, Any], methods: Sequence[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    qs = summary.get("by_mmlb_quartile", [])
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    w = 0.8 / max(len(methods), 1)
-    for j, m in enumerate(methods):
-        stats_ = [q["excess_risk_pct"][m] for q in qs]
-        mean = [st["mean"] for st in stats_]
-        lo = [st["mean"] - st["ci95"][0] if st["ci95"] else 0.0 for st in stats_]
-        hi = [st["ci95"][1] - st["mean"] if st["ci95"] else 0.0 for st in stats_]
-        ax.bar(np.arange(len(qs)) + (j - (len(methods) - 1) / 2) * w, mean, w, yerr=[lo, hi], capsize=2,
-               label=METHOD_LABELS.get(m, m))
-    ax.set_xticks(np.arange(len(qs)))
-    ax.set_xticklabels([f"Q{q['quartile']}\n[{q['mmlb_range'][0]:.2f}, {q['mmlb_range'][1]:.2f}]" for q in qs])
-    ax.set_xlabel("quartile of normalised MMLB (range)")
-    ax.set_ylabel("mean excess risk (%)  ± 95 % CI")
-    ax.set_title("Excess risk against normalised MMLB quartile")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_mmlb_bayes(records: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ks = sorted({r["K"] for r in records})
-    for k in ks:
-        sel = [r for r in records if r["K"] == k]
-        ax.scatter([r["mmlb"] for r in sel], [100 * r["bayes_risk"] for r in sel], s=8, label=f"K={k}")
-    c = summary.get("corr_mmlb_bayes_risk")
-    corr = f"\nPearson {c['pearson']:.3f}, Spearman {c['spearman']:.3f}" if c else ""
-    ax.set_title("normalised MMLB vs Bayes risk" + corr)
-    ax.set_xlabel("normalised MMLB")
-    ax.set_ylabel("Bayes risk on test sample (%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_boundaries(data: dict[str, np.ndarray], methods: Sequence[str], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    gx, gy, _ = _grid(float(data["lim"]), int(data["n"]))
-    panels = [("Bayes h*", data["bayes"])] + [(METHOD_LABELS.get(m, m), data[m]) for m in methods]
-    cols = 3
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.3 * rows), squeeze=False)
-    K = int(data["K"])
-    cmap = plt.get_cmap("tab10")
-    for ax, (name, pred) in zip(axes.ravel(), panels):
-        ax.contourf(gx, gy, pred.reshape(gx.shape), levels=np.arange(K + 1) - 0.5, colors=[cmap(i) for i in range(K)],
-                    alpha=0.35)
-        ax.contour(gx, gy, data["bayes"].reshape(gx.shape), levels=np.arange(K) + 0.5, colors="k", linewidths=0.6)
-        ax.scatter(data["x_train"][:, 0], data["x_train"][:, 1], c=[cmap(int(i)) for i in data["y_train"]], s=2)
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax in axes.ravel()[len(panels):]:
-        ax.axis("off")
-    fig.suptitle(title + " (black: Bayes boundary)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 @register_study("toy-depth", description="seed 002 §3: mixup at depths 0-3 vs baseline on Gaussian-mixture datasets, "
                 "excess risk over the exact Bayes classifier by quartile of the normalised MMLB",
                 filename="toy_depth.json")
@@ -637,7 +557,7 @@ def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4
                   chunk_datasets: int = 4, threads: int | None = None, resume: bool = True,
                   boundary_dataset: tuple[int, int] | None = None,
                   hidden: tuple[int, ...] = (512, 512, 512), compile: bool = True) -> dict[str, Any]:
-    """Run seed 002's depth study (METHODS.md §2) and write ``out_dir/toy_depth.json`` plus figures.
+    """Run seed 002's depth study (METHODS.md §2) and write ``out_dir/toy_depth.json`` (figures: drawn by the report).
 
     For each K in ``ks`` and r < ``realisations_per_k``: a random GMM dataset; its Bayes risk on the test sample and
     its normalised MMLB (``mmlb_pairs`` pairs per class, α = 1); one MLP (2, 512, 512, 512, K) per method
@@ -660,8 +580,8 @@ def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4
     unstated; the defaults (Adam, 1e-3, 1,000 points, a = 1) are METHODS.md §2's choices. All are recorded in
     ``config`` (``config.train.optimizer``/``lr``/``momentum``, ``config.n_train``, ``config.mean_range``).
 
-    Files: ``toy_depth.json`` (config, per-dataset records, summary, timing), ``excess_vs_mmlb_quartile.png``,
-    ``decision_boundaries.png`` (+ ``decision_boundaries.npz``), ``mmlb_vs_bayes_risk.png``. Returns the JSON dict.
+    Files: ``toy_depth.json`` (config, per-dataset records, summary, timing) and ``decision_boundaries.npz`` (the
+    grid predictions the report draws). Returns the JSON dict; ``embedlab report`` draws its figures.
     """
     t_start = time.perf_counter()
     ks = tuple(int(k) for k in ks)
@@ -760,21 +680,14 @@ def run_toy_depth(*, realisations_per_k: int = 100, ks: Sequence[int] = (2, 3, 4
                              "fn" if cfg.optimizer == "adam" else f"fn_{cfg.optimizer}") is not None),
                          "resumed_datasets": len(done), "chunk_datasets": chunk_datasets},
               "versions": versions(), "records": records}
-    figures = {"excess_vs_mmlb_quartile": "excess_vs_mmlb_quartile.png", "mmlb_vs_bayes_risk": "mmlb_vs_bayes_risk.png"}
-    if len(records) >= 4:
-        _plot_quartiles(summary, methods, out / figures["excess_vs_mmlb_quartile"])
-    else:
-        figures.pop("excess_vs_mmlb_quartile")
-    _plot_mmlb_bayes(records, summary, out / figures["mmlb_vs_bayes_risk"])
+    # the figures are drawn by the report layer from this data (embedlab.reports.study_figures); a boundaries file
+    # left by another dataset choice or seed is removed rather than drawn
     bpath = out / "decision_boundaries.npz"
     if bpath.exists():
         with np.load(bpath) as z:
-            bd = {k: z[k] for k in z.files}
-        if [int(bd["K"]), int(bd["realisation"])] == list(boundary_dataset) and int(bd["seed"]) == seed:
-            title = f"K={int(bd['K'])}, realisation {int(bd['realisation'])}, σ={float(bd['sigma']):.3f}"
-            _plot_boundaries(bd, methods, title, out / "decision_boundaries.png")
-            figures["decision_boundaries"] = "decision_boundaries.png"
-    result["figures"] = figures
+            stale = [int(z["K"]), int(z["realisation"])] != list(boundary_dataset) or int(z["seed"]) != seed
+        if stale:
+            bpath.unlink()
     result["timing"]["wall_s"] = time.perf_counter() - t_start
     atomic_write_json(out / "toy_depth.json", result)
     partial.unlink(missing_ok=True)
