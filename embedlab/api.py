@@ -12,6 +12,7 @@ module; it imports them lazily, so ``import embedlab`` stays as cheap as ``impor
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -198,6 +199,21 @@ def check_new_run(out: str | os.PathLike[str], force: bool, resume: bool = False
             (out / name).unlink(missing_ok=True)
 
 
+def check_writable(folder: str | os.PathLike[str], name: str | os.PathLike[str] | None = None) -> None:
+    """Fail now, naming ``name`` (default: the folder), if ``folder`` cannot be created or written: before slow
+    work, not after it."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(name or folder))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".embedlab-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(name or folder)) from None
+
+
 def check_seeds(seeds: Sequence[int], text: str | None = None) -> tuple[int, ...]:
     """Seeds of a multi-seed run or study: at least one, distinct, none negative."""
     seeds = tuple(seeds)
@@ -235,6 +251,9 @@ def train(config: TrainConfig | Mapping[str, Any] | str | os.PathLike[str] | Non
         if seed is not None:
             cfg = dataclasses.replace(cfg, seed=seed)
         plan.append((cfg, run_dir, saved is not None))
+    if os.environ.get("RANK", "0") == "0":
+        for _, run_dir, _ in plan:
+            check_writable(run_dir)
     done = []
     with distributed_session(plan[0][0].device):
         for cfg, run_dir, res in plan:
@@ -296,6 +315,8 @@ def evaluate(source: Any = None, *, out: str | os.PathLike[str] | None = None,
         arrays["test"] = {"embeddings": embeddings, "labels": labels, "logits": logits}
     given = {k: v for k, v in arrays.items() if v is not None}
     temporary = out is None
+    if not temporary:
+        check_writable(out)
     root = Path(tempfile.mkdtemp(prefix="embedlab-results-")) if temporary else Path(out)
     try:
         with tempfile.TemporaryDirectory(prefix="embedlab-arrays-") as tmp:
@@ -420,6 +441,9 @@ def report(results: Results | str | os.PathLike[str] | Iterable[Results | str | 
                             f"a regular file (with --force)")
     if out.exists() and not force:
         raise EmbedlabError(f"{out} already exists; choose another -o or pass --force to overwrite")
+    check_writable(out.parent, out)
+    if figures is not None:
+        check_writable(figures)
     items = [results] if isinstance(results, (Results, str, os.PathLike)) else list(results)
     paths = [r.path if isinstance(r, Results) else r for r in items]
     inputs = load_report_inputs(paths)

@@ -416,3 +416,35 @@ def test_fuzz_generated_results_files(results, tmp_path_factory, capsys, key, su
     (root / "m" / "arrays.npz").write_bytes((results.parent / "arrays.npz").read_bytes())
     (root / "m" / "results.json").write_text(json.dumps(edited))
     _status_is_success_or_one_line(capsys, ["report", root / "m", "-o", root / "r.md", "--format", "md"])
+
+
+# ============================================================================ 14. unwritable outputs, checked first
+def test_unwritable_outputs_fail_before_the_slow_work(tmp_path, capsys, monkeypatch):
+    """An --out / -o / --figures that cannot be written (here: under a regular file) is one line naming the user's
+    path, before any model is opened, any epoch trained or any UMAP computed."""
+    import embedlab.analyses.runner
+    import embedlab.reports.html
+    import embedlab.trainers
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    ckpt = _checkpoint(tmp_path / "run" / "model.safetensors")
+    too_late = lambda *a, **k: pytest.fail("the slow work started before the output was checked")  # noqa: E731
+    monkeypatch.setattr(embedlab.analyses.runner, "open_source", too_late)
+    monkeypatch.setattr(embedlab.reports.html, "render_report", too_late)
+    monkeypatch.setattr(embedlab.trainers, "train", too_late)
+
+    err = _error(capsys, "analyze", ckpt, "--out", blocker / "res", "--device", "cpu", "--no-progress")
+    assert err == f"embedlab: error: {blocker / 'res'}: Not a directory"
+    err = _error(capsys, "train", "--dataset", "digits", "--epochs", "1", "--out", blocker / "run", "--no-progress")
+    assert err == f"embedlab: error: {blocker / 'run'}: Not a directory"
+    res = tmp_path / "res"
+    np.savez(tmp_path / "z.npz", embeddings=np.eye(4, dtype=np.float32), labels=np.array([0, 1, 0, 1]))
+    monkeypatch.undo()
+    assert main(["analyze", str(tmp_path / "z.npz"), "--out", str(res), "--analyses", "align_uniform",
+                 "--no-progress"]) == 0
+    monkeypatch.setattr(embedlab.reports.html, "render_report", too_late)
+    err = _error(capsys, "report", res, "-o", blocker / "r.html")
+    assert err == f"embedlab: error: {blocker / 'r.html'}: Not a directory"
+    err = _error(capsys, "report", res, "-o", tmp_path / "r.html", "--figures", blocker / "figs")
+    assert err == f"embedlab: error: {blocker / 'figs'}: Not a directory"
