@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -152,7 +153,9 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
         if not (spec.embedding or "").startswith("method:"):
             raise EmbedlabError("a torchscript model needs \"embedding\": \"method:NAME\" (e.g. method:forward_features)")
         try:
-            net = torch.jit.load(str(weights), map_location="cpu")
+            with warnings.catch_warnings():  # torch 2.14 deprecates jit.load; the user asked for this TorchScript file
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
+                net = torch.jit.load(str(weights), map_location="cpu")
         except (RuntimeError, ValueError) as e:
             raise EmbedlabError(f"cannot load TorchScript file {weights}: {str(e).splitlines()[0]}") from None
         model: nn.Module = ScriptedNet(net, spec.embedding[7:], input_shape, pre.mean, pre.std, pre.size)

@@ -65,6 +65,14 @@ def test_torchscript_model(tmp_path):
                        cache_dir=tmp_path / "cache", progress=False, trust_code=True)
     with np.load(out / "arrays.npz") as a:
         assert a["embeddings"].shape == (360, 16) and a["logits"].shape == (360, 10)
+    # the command line prints nothing on stderr: no torch deprecation notice for a file the user chose to load
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "embedlab", "analyze", str(tmp_path / "ts.json"), "--trust-code",
+                           "--out", str(tmp_path / "res2"), "--analyses", "accuracy", "--cache-dir",
+                           str(tmp_path / "cache"), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
 def test_factory_model_with_named_embedding_layer(tmp_path, monkeypatch):
