@@ -200,18 +200,21 @@ def check_new_run(out: str | os.PathLike[str], force: bool, resume: bool = False
 
 
 def check_writable(folder: str | os.PathLike[str], name: str | os.PathLike[str] | None = None) -> None:
-    """Fail now, naming ``name`` (default: the folder), if ``folder`` cannot be created or written: before slow
-    work, not after it."""
+    """Fail now, naming ``name`` (default: the folder), if ``folder`` could not be created or written: before slow
+    work, not after it. Creates nothing: a probe file is made and removed in the nearest existing ancestor."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(name or folder))
+    where = str(name or folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", where)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".embedlab-write-check-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".embedlab-write-check-", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OSError(e.errno, e.strerror or str(e), str(name or folder)) from None
+        raise OSError(e.errno, e.strerror or str(e), where) from None
 
 
 def check_seeds(seeds: Sequence[int], text: str | None = None) -> tuple[int, ...]:
