@@ -1,231 +1,25 @@
-"""Calibration of the classifier's confidence: ECE variants, MCE, NLL, Brier, temperature scaling (METHODS.md §3).
+"""The ``calibration`` analysis: a temperature fitted by NLL on the *validation* split, every calibration metric of
+:mod:`embedlab.metrics.calibration` on the *test* split before and after scaling, and reliability-diagram data.
 
-Pure functions take ``logits`` (N, C) and integer ``labels`` (N,) and return Python floats; they compute in float64
-on the device of the inputs. Top-label ECE and reliability-diagram data live in :mod:`embedlab.analyses.metrics` and are
-reused here. The registered analysis ``calibration`` (bottom of the file) fits a temperature on the *validation*
-split and reports every metric on the *test* split before (``ece``, …) and after (``ece_ts``, …) scaling.
-
-Conventions:
-
-- confidence ``conf_i = max_c softmax(z_i)_c``, prediction ``pred_i = argmax_c z_i`` (ties to the lowest class);
-- equal-width bins are ``(k/B, (k+1)/B]`` (as :func:`embedlab.analyses.metrics.expected_calibration_error`);
-- Brier is summed over classes and averaged over examples (Brier 1950), so it lies in ``[0, 2]``;
-- NLL uses the natural logarithm.
+Metric names: ``ece``, ``adaptive_ece``, ``mce``, ``nll``, ``brier`` (table "before temperature scaling") and the same
+with a ``_ts`` suffix plus ``temperature`` (table "after temperature scaling", columns without the suffix).
 """
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import Tensor
 
-from embedlab.analyses import metrics as M
-from embedlab.analyses.metrics import _check_class_logits
 from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
+from embedlab.metrics.calibration import (
+    DEFAULT_BINS,
+    T_MAX,
+    T_MIN,
+    calibration_metrics,
+    fit_temperature,
+    reliability_diagram,
+)
 
-__all__ = [
-    "adaptive_calibration_error",
-    "brier_score",
-    "calibration_metrics",
-    "fit_temperature",
-    "maximum_calibration_error",
-    "negative_log_likelihood",
-]
-
-DEFAULT_BINS = 15
-T_MIN, T_MAX = 1e-2, 1e2  # search bracket of the fitted temperature [choice]
-
-
-def _check_label_range(labels: Tensor, num_classes: int) -> None:
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}) to index the logits' classes")
-
-
-def _check_bins(n_bins: int) -> None:
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-
-
-# ----------------------------------------------------------------------------- binned calibration errors
-
-
-@torch.no_grad()
-def adaptive_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = DEFAULT_BINS) -> float:
-    """Top-label adaptive ECE with equal-mass bins (AdaECE; Nguyen & O'Connor 2015, Mukhoti et al. 2020).
-    Lower is better.
-
-    Shapes: ``logits`` (N, C), ``labels`` (N,) integer.
-
-    Examples are sorted by confidence and split into ``B`` consecutive bins whose sizes differ by at most one
-    (the first ``N mod B`` bins hold ``ceil(N/B)``, as ``numpy.array_split``; with ``N < B`` some bins are empty
-    and contribute nothing). Then, as for ECE,
-
-    ``AdaECE = sum_b (|B_b| / N) * | acc(B_b) - conf(B_b) |``.
-
-    Examples with equal confidence are ordered by correctness, so the value does not depend on sample order.
-
-    >>> z = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 1.0]])
-    >>> round(adaptive_calibration_error(z, torch.tensor([0, 0, 0, 1]), n_bins=2), 4)
-    0.3249
-    """
-    _check_class_logits(logits, labels)
-    _check_bins(n_bins)
-    probs = torch.softmax(logits.detach().to(torch.float64), dim=1)
-    conf, pred = probs.max(dim=1)  # (N,), (N,)
-    correct = (pred == labels).to(torch.float64)  # (N,)
-    # Lexicographic (conf, correct) order by two stable sorts: tied examples are then interchangeable.
-    by_correct = torch.sort(correct, stable=True).indices
-    order = by_correct[torch.sort(conf[by_correct], stable=True).indices]
-    total = torch.zeros((), dtype=torch.float64, device=conf.device)
-    for members in torch.tensor_split(order, n_bins):
-        if members.numel():
-            total += (correct[members].sum() - conf[members].sum()).abs()
-    return (total / conf.shape[0]).item()
-
-
-@torch.no_grad()
-def maximum_calibration_error(logits: Tensor, labels: Tensor, n_bins: int = DEFAULT_BINS) -> float:
-    """Maximum calibration error over the non-empty equal-width bins of ECE (Naeini et al. 2015). Lower is better.
-
-    Shapes: ``logits`` (N, C), ``labels`` (N,) integer.
-
-    With the bins ``(k/B, (k+1)/B]`` of :func:`embedlab.analyses.metrics.expected_calibration_error`:
-
-    ``MCE = max_{b : |B_b| > 0} | acc(B_b) - conf(B_b) |``.
-
-    >>> z = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 1.0]])
-    >>> round(maximum_calibration_error(z, torch.tensor([0, 0, 0, 1]), n_bins=10), 4)  # bin (0.8, 0.9]: |1/2 - 0.8808|
-    0.3808
-    """
-    diagram = M.reliability_diagram(logits, labels, n_bins=n_bins)
-    return max(abs(acc - conf) for count, conf, acc in zip(diagram["count"], diagram["confidence"],
-                                                            diagram["accuracy"], strict=True) if count)
-
-
-# ----------------------------------------------------------------------------- proper scoring rules
-
-
-@torch.no_grad()
-def negative_log_likelihood(logits: Tensor, labels: Tensor) -> float:
-    """Mean negative log-likelihood of the labels (natural log). Lower is better.
-
-    Shapes: ``logits`` (N, C), ``labels`` (N,) integers in ``[0, C)``.
-
-    ``NLL = -(1/N) * sum_i log softmax(z_i)_{y_i}``, computed with a float64 log-softmax (no overflow).
-
-    >>> round(negative_log_likelihood(torch.zeros(3, 4), torch.tensor([0, 1, 3])), 6) == round(math.log(4), 6)
-    True
-    """
-    _check_class_logits(logits, labels)
-    _check_label_range(labels, logits.shape[1])
-    log_p = torch.log_softmax(logits.detach().to(torch.float64), dim=1)  # (N, C)
-    return -log_p.gather(1, labels[:, None]).mean().item()
-
-
-@torch.no_grad()
-def brier_score(logits: Tensor, labels: Tensor) -> float:
-    """Multi-class Brier score (Brier 1950): squared error summed over classes, averaged over examples. Lower is better.
-
-    Shapes: ``logits`` (N, C), ``labels`` (N,) integers in ``[0, C)``.
-
-    ``BS = (1/N) * sum_i sum_c (p_ic - y_ic)^2`` with ``p = softmax(z)`` and ``y`` one-hot; range ``[0, 2]``.
-    This is scikit-learn's ``brier_score_loss`` for multi-class inputs (``scale_by_half=False``, its default there);
-    some libraries halve it or average over classes instead.
-
-    >>> brier_score(torch.tensor([[0.0, 0.0]]), torch.tensor([0]))
-    0.5
-    """
-    _check_class_logits(logits, labels)
-    _check_label_range(labels, logits.shape[1])
-    probs = torch.softmax(logits.detach().to(torch.float64), dim=1)  # (N, C)
-    target = torch.nn.functional.one_hot(labels, probs.shape[1]).to(torch.float64)  # (N, C)
-    return (probs - target).square().sum(dim=1).mean().item()
-
-
-# ----------------------------------------------------------------------------- temperature scaling
-
-
-def _nll_slope(z: Tensor, z_y: Tensor, log_t: float) -> float:
-    """``d NLL(z / T) / d log T`` at ``T = exp(log_t)``; ``z`` (N, C) row-max-shifted float64, ``z_y`` (N,)."""
-    beta = math.exp(-log_t)
-    probs = torch.softmax(beta * z, dim=1)  # (N, C)
-    # NLL(s) = mean_i [logsumexp_c(beta z_ic) - beta z_iy], beta = e^-s  =>  dNLL/ds = -beta * mean_i[E_p z_i - z_iy]
-    return -beta * ((probs * z).sum(dim=1) - z_y).mean().item()
-
-
-@torch.no_grad()
-def fit_temperature(logits: Tensor, labels: Tensor, t_min: float = T_MIN, t_max: float = T_MAX,
-                    tol: float = 1e-12, max_iter: int = 200) -> float:
-    """Temperature ``T`` minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017). Fit it on held-out data.
-
-    Shapes: ``logits`` (N, C), ``labels`` (N,) integers in ``[0, C)``.
-
-    ``T* = argmin_{T in [t_min, t_max]} NLL(logits / T, labels)``, searched over ``s = log T``. With
-    ``beta = 1/T``, ``NLL`` is convex in ``beta`` (a log-sum-exp of linear functions minus a linear one), so
-    ``dNLL/ds = -beta * mean_i(E_{softmax(beta z_i)}[z_i] - z_{i,y_i})`` changes sign at most once. The search is a
-    deterministic bisection on the sign of that exact derivative, stopped when the bracket of ``s`` is narrower
-    than ``tol``: the result is a stationary point of the NLL to machine precision, or the bracket end ``t_min``
-    / ``t_max`` when the NLL keeps decreasing past it (e.g. separable logits, where ``T -> 0`` is optimal).
-    If every row of ``logits`` is constant the NLL does not depend on ``T`` and ``1.0`` is returned.
-
-    >>> g = torch.Generator().manual_seed(0)
-    >>> z = torch.randn(4000, 5, generator=g)
-    >>> y = torch.multinomial(torch.softmax(z, dim=1), 1, generator=g)[:, 0]
-    >>> 0.9 < fit_temperature(3.0 * z, y) / 3.0 < 1.1  # over-confident logits -> T close to 3
-    True
-    """
-    _check_class_logits(logits, labels)
-    _check_label_range(labels, logits.shape[1])
-    if not 0.0 < t_min < t_max or not math.isfinite(t_max):
-        raise ValueError(f"need 0 < t_min < t_max < inf, got t_min={t_min}, t_max={t_max}")
-    if tol <= 0 or max_iter < 1:
-        raise ValueError(f"need tol > 0 and max_iter >= 1, got tol={tol}, max_iter={max_iter}")
-    z = logits.detach().to(torch.float64)
-    if not torch.isfinite(z).all():
-        raise ValueError("logits contain NaN or infinite values")
-    z = z - z.max(dim=1, keepdim=True).values  # (N, C); softmax and the slope are shift-invariant per row
-    if bool((z.min(dim=1).values == 0).all()):
-        return 1.0
-    z_y = z.gather(1, labels[:, None])[:, 0]  # (N,)
-    lo, hi = math.log(t_min), math.log(t_max)
-    if _nll_slope(z, z_y, lo) >= 0:
-        return t_min
-    if _nll_slope(z, z_y, hi) <= 0:
-        return t_max
-    for _ in range(max_iter):
-        if hi - lo <= tol:
-            break
-        mid = 0.5 * (lo + hi)
-        slope = _nll_slope(z, z_y, mid)
-        if slope == 0:
-            return math.exp(mid)
-        if slope > 0:
-            hi = mid
-        else:
-            lo = mid
-    return math.exp(0.5 * (lo + hi))
-
-
-# ----------------------------------------------------------------------------- all at once
-
-
-@torch.no_grad()
-def calibration_metrics(logits: Tensor, labels: Tensor, n_bins: int = DEFAULT_BINS) -> dict[str, float]:
-    """Every calibration metric of this module on one set of logits (all lower-is-better).
-
-    Shapes: ``logits`` (N, C), ``labels`` (N,) integers in ``[0, C)``.
-
-    Returns ``{"ece", "adaptive_ece", "mce", "nll", "brier"}``: top-label ECE (``n_bins`` equal-width bins),
-    AdaECE (``n_bins`` equal-mass bins), MCE (equal-width bins), NLL and the Brier score, as defined above.
-    """
-    return {
-        "ece": M.expected_calibration_error(logits, labels, n_bins=n_bins),
-        "adaptive_ece": adaptive_calibration_error(logits, labels, n_bins=n_bins),
-        "mce": maximum_calibration_error(logits, labels, n_bins=n_bins),
-        "nll": negative_log_likelihood(logits, labels),
-        "brier": brier_score(logits, labels),
-    }
-
+BEFORE, AFTER = "before temperature scaling", "after temperature scaling"
+NOTE = "Temperature T fitted by NLL on the validation split; every metric on the test split."
 
 _SETTINGS = {
     "ece": lambda b: {"n_bins": b, "bins": "equal-width"},
@@ -239,18 +33,22 @@ _SETTINGS = {
 @register_analysis("calibration",
                    description="ECE (15 equal-width bins), adaptive ECE (15 equal-mass bins), MCE, NLL, Brier and "
                                "reliability data on test, before and after temperature scaling fitted by NLL on val",
-                   needs=("val", "test", "logits"))
+                   needs=("val", "test", "logits"), title="Calibration", note=NOTE)
 def calibration(inp: Inputs, n_bins: int = DEFAULT_BINS, t_min: float = T_MIN, t_max: float = T_MAX) -> Output:
     logits, labels = inp.t("test", "logits"), inp.t("test", "labels")
     temperature = fit_temperature(inp.t("val", "logits"), inp.t("val", "labels"), t_min=t_min, t_max=t_max)
     scaled = logits.to(torch.float64) / temperature
     metrics = {}
     for name, value in calibration_metrics(logits, labels, n_bins=n_bins).items():
-        metrics[name] = metric(value, False, "calibration", **_SETTINGS[name](n_bins))
+        metrics[name] = metric(value, False, "calibration", table=BEFORE, column=name,
+                               key={"metric": name, "scaled": False}, **_SETTINGS[name](n_bins))
     for name, value in calibration_metrics(scaled, labels, n_bins=n_bins).items():
-        metrics[f"{name}_ts"] = metric(value, False, "calibration", **_SETTINGS[name](n_bins),
+        metrics[f"{name}_ts"] = metric(value, False, "calibration", table=AFTER, column=name,
+                                       key={"metric": name, "scaled": True}, **_SETTINGS[name](n_bins),
                                        temperature=temperature, fitted_on="val")
-    metrics["temperature"] = metric(temperature, None, "calibration", fitted_on="val", objective="nll",
+    metrics["temperature"] = metric(temperature, None, "calibration", table=AFTER, column="temperature",
+                                    key={"metric": "temperature", "scaled": True}, fitted_on="val", objective="nll",
                                     t_min=t_min, t_max=t_max)
-    return Output(metrics, plots={"reliability": M.reliability_diagram(logits, labels, n_bins=n_bins),
-                                  "reliability_ts": M.reliability_diagram(scaled, labels, n_bins=n_bins)})
+    return Output(metrics, plots={"kind": "reliability", "title": "Reliability diagrams", "diagrams": {
+        BEFORE: reliability_diagram(logits, labels, n_bins=n_bins),
+        AFTER: reliability_diagram(scaled, labels, n_bins=n_bins)}})

@@ -1,59 +1,21 @@
-"""Embedding-space MMLB: how convex each class is in embedding space (METHODS.md §2, "ours, beyond the seed").
-
-Seed 002's Mixup misclassification lower bound with the trained model's own classifier g in place of the Bayes
-classifier and pairs drawn from same-class test embeddings:
-
-    R_low = Σ_k π_k² · E_{z,z' ~ Z_k, λ ~ Beta(α, α)} [ 1{ argmax g(λz + (1−λ)z') ≠ k } ],   normalised = R_low / Σ_k π_k².
-
-Because g is affine, ``g(λz + (1−λ)z') = λ g(z) + (1−λ) g(z')``, so the estimate needs only the logits of the real
-examples (exact, no access to the network). π_k are the test split's class frequencies.
-"""
+"""Embedding-space MMLB (METHODS.md §2): the maths is :func:`embedlab.metrics.convexity.embedding_mmlb`."""
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
-from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
-from embedlab.sampling import beta
-
-
-def embedding_mmlb(logits: Tensor, labels: Tensor, *, alpha: float = 1.0, pairs_per_class: int = 2000,
-                   generator: torch.Generator | None = None) -> tuple[float, float, dict[int, float]]:
-    """Monte Carlo embedding-space MMLB.
-
-    Args:
-        logits: ``(N, C)`` logits ``g(z_i)`` of the real examples.
-        labels: ``(N,)`` their classes.
-        pairs_per_class: pairs (z, z') drawn uniformly with replacement within each class, one λ per pair.
-    Returns:
-        ``(R_low, normalised, {class: misclassification rate of its interpolants})``.
-    """
-    gen = generator or torch.Generator().manual_seed(0)
-    logits = logits.float().cpu()
-    labels = labels.long().cpu()
-    classes, counts = labels.unique(return_counts=True)
-    priors = counts.double() / counts.sum()
-    per_class: dict[int, float] = {}
-    r_low = 0.0
-    for k, pi in zip(classes.tolist(), priors.tolist()):
-        idx = (labels == k).nonzero().squeeze(1)  # (n_k,)
-        i = idx[torch.randint(len(idx), (pairs_per_class,), generator=gen)]
-        j = idx[torch.randint(len(idx), (pairs_per_class,), generator=gen)]
-        lam = beta(alpha, (pairs_per_class, 1), gen)  # (P, 1)
-        mixed = lam * logits[i] + (1 - lam) * logits[j]  # (P, C) = g(λ z_i + (1−λ) z_j)
-        rate = float((mixed.argmax(1) != k).double().mean())
-        per_class[int(k)] = rate
-        r_low += pi * pi * rate
-    return r_low, r_low / float((priors**2).sum()), per_class
+from embedlab.analyses.registry import OVERVIEW, OVERVIEW_TITLE, Inputs, Output, metric, register_analysis
+from embedlab.metrics.convexity import embedding_mmlb
 
 
 @register_analysis("embedding_mmlb", description="embedding-space MMLB: misclassification of same-class interpolants by the model's own classifier (lower = classes more convex)",
-                   needs=("test", "logits"))
+                   needs=("test", "logits"), section=OVERVIEW, title=OVERVIEW_TITLE)
 def embedding_mmlb_analysis(inp: Inputs, alpha: float = 1.0, pairs_per_class: int = 2000) -> Output:
-    r_low, norm, per_class = embedding_mmlb(inp.t("test", "logits"), inp.t("test", "labels"), alpha=alpha,
-                                            pairs_per_class=pairs_per_class,
-                                            generator=torch.Generator().manual_seed(inp.seed))
+    _, norm, per_class = embedding_mmlb(inp.t("test", "logits"), inp.t("test", "labels"), alpha=alpha,
+                                        pairs_per_class=pairs_per_class,
+                                        generator=torch.Generator().manual_seed(inp.seed))
     names = inp.class_names
     return Output({"embedding_mmlb": metric(norm, False, "embedding_mmlb", alpha=alpha,
                                             pairs_per_class=pairs_per_class, normalised=True)},
-                  plots={"per_class": {(names[k] if k < len(names) else str(k)): v for k, v in per_class.items()}})
+                  plots={"kind": "bars", "x_label": "class",
+                         "y_label": "misclassification rate of same-class interpolants",
+                         "bars": {(names[k] if k < len(names) else str(k)): v for k, v in per_class.items()}})

@@ -7,20 +7,35 @@ why the others were skipped. Metric maths lives in pure functions; analyses only
 Needs (strings): ``"train"``, ``"val"``, ``"test"`` (extracted splits: embeddings, labels, and logits when the model
 has a classifier), ``"logits"`` (the splits carry logits), ``"model"`` (the nn.Module, for gradients/attacks),
 ``"test_data"`` (the raw test inputs in [0, 1]), ``"ood"`` (extracted OOD sets), ``"ood_data"`` (their raw inputs).
+
+Discovery: importing ``embedlab.analyses`` imports no analysis. On the first lookup or listing of :data:`ANALYSES`,
+every module of the ``embedlab.analyses`` package is imported (except this one and the runner) and then every Python
+entry point of group ``embedlab.analyses`` (users' plug-ins: a module whose import registers analyses). Adding an
+analysis is adding one module.
+
+Results describe themselves (docs/RESULTS_FORMAT.md): each analysis registers the report section it writes to (id,
+title, note) and each :func:`metric` says its table, column and coordinates (``key``).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from embedlab.registry import Registry
-from embedlab.store import Extracted
+
+if TYPE_CHECKING:  # annotations only: importing the package stays cheap (embedlab.store pulls in the data layer)
+    from torch.utils.data import Dataset
+
+    from embedlab.store import Extracted
 
 NEEDS = ("train", "val", "test", "logits", "model", "test_data", "ood", "ood_data")
+ENTRY_POINT_GROUP = "embedlab.analyses"
+NOT_ANALYSES = frozenset({"registry", "runner"})  # modules of the package that register nothing
+OVERVIEW, OVERVIEW_TITLE = "overview", "Overview"  # the section of headline numbers
 
 
 @dataclass
@@ -30,6 +45,9 @@ class Output:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     plots: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        complete_metrics(self.metrics)
 
 
 @dataclass
@@ -53,16 +71,99 @@ class Inputs:
 
 
 Analysis = Callable[..., Output]
-ANALYSES: Registry[Analysis] = Registry("analysis")
 
 
-def register_analysis(name: str, *, description: str, needs: tuple[str, ...]) -> Callable[[Analysis], Analysis]:
+def discover() -> None:
+    """Import every analysis module of this package, then every entry point of group ``embedlab.analyses``.
+
+    A plug-in that fails to load is reported with a warning and left out; a failing built-in module raises."""
+    import importlib
+    import pkgutil
+    from importlib.metadata import entry_points
+
+    import embedlab.analyses as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_") and info.name not in NOT_ANALYSES:
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001  (a broken plug-in must not take the built-in analyses down)
+            warnings.warn(f"analysis plug-in {ep.name!r} ({ep.value}) failed to load and is left out: "
+                          f"{type(e).__name__}: {e}", stacklevel=2)
+
+
+ANALYSES: Registry[Analysis] = Registry("analysis", loader=discover)
+_SECTION_OF: dict[str, str] = {}  # analysis -> section id
+_SECTIONS: dict[str, dict[str, str]] = {}  # section id -> {"title", "note"} as registered (first non-empty wins)
+
+
+def register_analysis(name: str, *, description: str, needs: tuple[str, ...], section: str | None = None,
+                      title: str = "", note: str = "") -> Callable[[Analysis], Analysis]:
+    """Register ``fn(inp, **settings) -> Output`` under ``name``.
+
+    ``needs``: the inputs it reads (:data:`NEEDS`). ``section``: the id of the report section its metrics go to by
+    default (``name`` when not given; several analyses may share one, e.g. ``"overview"``); ``title`` and ``note``:
+    that section's heading (default: the id) and explanatory note. Analyses sharing a section may each give its
+    title and note, but not different ones."""
     unknown = set(needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"analysis {name!r}: unknown needs {sorted(unknown)}; known: {NEEDS}")
-    return ANALYSES.register(name, description=description, needs=tuple(needs))
+    section = section or name
+    known = _SECTIONS.get(section, {"title": "", "note": ""})
+    for what, value in (("title", title), ("note", note)):
+        if value and known[what] and known[what] != value:
+            raise ValueError(f"analysis {name!r}: section {section!r} already has {what} {known[what]!r}, "
+                             f"not {value!r}")
+    register = ANALYSES.register(name, description=description, needs=tuple(needs), section=section)
+
+    def deco(fn: Analysis) -> Analysis:
+        register(fn)  # raises if the name is taken: then no section is recorded either
+        _SECTION_OF[name] = section
+        _SECTIONS[section] = {"title": known["title"] or title, "note": known["note"] or note}
+        return fn
+
+    return deco
 
 
-def metric(value: float, higher_is_better: bool | None, analysis: str, **settings: Any) -> dict[str, Any]:
-    """One metric entry of results.json: value, direction (None: no better/worse), producing analysis, settings."""
-    return {"value": float(value), "higher_is_better": higher_is_better, "analysis": analysis, "settings": settings}
+def section_info(section: str) -> dict[str, str]:
+    """``{"title", "note"}`` of a section as registered (title: the id when no analysis gave one)."""
+    known = _SECTIONS.get(section, {})
+    return {"title": known.get("title") or section, "note": known.get("note", "")}
+
+
+def metric(value: float, higher_is_better: bool | None, analysis: str, *, section: str | None = None,
+           table: str = "", column: str | None = None, key: Mapping[str, Any] | None = None,
+           **settings: Any) -> dict[str, Any]:
+    """One metric entry of results.json (docs/RESULTS_FORMAT.md).
+
+    ``value``; ``higher_is_better`` (None: no better direction); the producing ``analysis``; where the report puts it:
+    ``section`` (default: the analysis's registered section), ``table`` (title inside the section, "" = the main
+    table), ``column`` (default: the last ``/``-part of the metric's name, filled in by :class:`Output`); ``key``: its
+    coordinates as a flat ``{str: str | number | bool}`` dict (default ``{"metric": <name>}``); ``settings``: how it
+    was computed."""
+    if key is not None:
+        bad = {k: v for k, v in key.items() if not isinstance(k, str) or not isinstance(v, (str, int, float, bool))}
+        if bad:
+            raise TypeError(f"metric key must be a flat {{str: str | number | bool}} dict; bad items: {bad}")
+    return {"value": float(value), "higher_is_better": higher_is_better, "analysis": analysis, "settings": settings,
+            "section": section or _SECTION_OF.get(analysis, analysis), "table": str(table), "column": column,
+            "key": None if key is None else dict(key)}
+
+
+def complete_metrics(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Fill each entry's defaults that depend on its name (in place): ``column`` = the name's last ``/``-part,
+    ``key`` = ``{"metric": name}``, ``section`` = the analysis's section, ``table`` = ""."""
+    for name, entry in metrics.items():
+        if not isinstance(entry, dict):
+            continue
+        analysis = entry.get("analysis", "")
+        entry.setdefault("section", None)
+        entry["section"] = entry["section"] or _SECTION_OF.get(analysis, analysis)
+        entry.setdefault("table", "")
+        if entry.get("column") is None:
+            entry["column"] = name.split("/")[-1]
+        if entry.get("key") is None:
+            entry["key"] = {"metric": name}
+    return metrics

@@ -10,18 +10,18 @@ and the reason recorded under ``skipped`` in results.json.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import embedlab.analyses  # noqa: F401  (registers every analysis)
-from embedlab.analyses.registry import ANALYSES, Inputs, Output
+from embedlab.analyses.registry import ANALYSES, Inputs, Output, complete_metrics, section_info
 from embedlab.checkpoint import check_meta, load_model, resolve_checkpoint, utc_now, versions
 from embedlab.config import MAX_CLASSES, check_option_types
 from embedlab.data import DataSource, create_dataset, without_label_noise
@@ -29,7 +29,7 @@ from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write, atomic_write_json, sha256_file
 from embedlab.store import Extracted, cached_extract
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # docs/RESULTS_FORMAT.md
 KIND = "embedlab.analysis"
 
 
@@ -183,6 +183,52 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
     """Run analyses on one source; writes ``out_root/<name>/results.json`` and ``arrays.npz`` (``<name>``: the
     source's name made a safe directory name, always directly under ``out_root``)."""
     out = Path(out_root) / safe_dir_name(src.name)
+    with _exclusive(out):
+        return _analyze_locked(src, out, analyses=analyses, cache_dir=cache_dir, device=device, force=force,
+                               progress=progress, settings=settings, ood=ood, data_root=data_root)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``out_root/.<name>.lock`` while ``out`` is analysed and written: a second ``analyze`` writing the same
+    results folder (two models with one name into one --out) fails at once instead of silently replacing the
+    first's results. POSIX advisory lock (``flock``, released if the process dies); the file is removed when done,
+    and a lock taken on a file another process already removed does not count. None on Windows."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    import os
+
+    created = not out.parent.exists()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    busy = EmbedlabError(f"another embedlab process is writing {out} now (lock {lock}); wait for it to finish, or "
+                         f"give this model another name or --out")
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy from None
+        try:
+            if os.stat(lock).st_ino != os.fstat(fh.fileno()).st_ino:  # its holder finished and removed it meanwhile
+                raise busy
+        except FileNotFoundError:
+            raise busy from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # while still holding it: whoever opens the path next makes a new file
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            if created:
+                with contextlib.suppress(OSError):  # a failed analysis leaves no empty --out behind
+                    out.parent.rmdir()
+
+
+def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache_dir: str | Path | None,
+                    device: str, force: bool, progress: bool, settings: dict[str, dict[str, Any]] | None,
+                    ood: list[str] | None, data_root: str | None) -> Path:
     _check_overwrite(out / "results.json", src.sha256, force)
     chosen = analyses or ANALYSES.names()
     settings = settings or {}
@@ -235,11 +281,12 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
             given = ", ".join(f"{k}={v}" for k, v in settings[a].items())
             raise EmbedlabError(f"--opt {a}: analysis {a!r} rejected the settings {given}: "
                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
-        metrics.update(res.metrics)
+        metrics.update(complete_metrics(res.metrics))
         if res.plots:
             plots[a] = res.plots
         extra_arrays.update({f"{a}.{k}": v for k, v in res.arrays.items()})
 
+    sections = {sec: section_info(sec) for sec in dict.fromkeys(m["section"] for m in metrics.values())}
     test = splits["test"]
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"embeddings": test.embeddings, "labels": test.labels, **extra_arrays}
@@ -249,14 +296,17 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
         arrays["logits"] = test.logits
     with atomic_write(out / "arrays.npz") as fh:
         np.savez(fh, **arrays)
+    # the pair is one unit: results.json names the SHA-256 of the arrays written with it, and the report refuses a
+    # results.json beside arrays.npz of another analysis (a failure between the two replacements)
     atomic_write_json(out / "results.json", {
         "schema_version": SCHEMA_VERSION, "kind": KIND,
         "model": {"name": src.name, "source": str(src.path), "sha256": src.sha256, "meta": src.meta},
         "dataset": {"name": src.meta.get("dataset", {}).get("name", "?"), "split": "test",
                     "num_examples": int(len(test.labels)), "classes": list(src.classes),
                     **({"label_noise": src.label_noise, "train_labels": "clean"} if src.label_noise else {})},
-        "metrics": metrics, "plots": plots, "skipped": skipped, "settings": settings,
-        "arrays": "arrays.npz", "created_utc": utc_now(), "versions": versions(),
+        "metrics": metrics, "sections": sections, "plots": plots, "skipped": skipped, "settings": settings,
+        "arrays": "arrays.npz",
+        "arrays_sha256": sha256_file(out / "arrays.npz"), "created_utc": utc_now(), "versions": versions(),
     })
     return out
 

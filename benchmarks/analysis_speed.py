@@ -3,10 +3,10 @@
 On synthetic clustered embeddings (``--classes`` isotropic Gaussian classes in R^d with N(0, I) means and noise
 ``--noise``, seeded; bank and query sets drawn independently), in one run on CPU:
 
-- weighted kNN accuracy (cosine, k=20, T=0.07): ``analyses.metrics.knn_accuracy`` (faiss ``IndexFlatIP``) vs
+- weighted kNN accuracy (cosine, k=20, T=0.07): ``embedlab.metrics.classification.knn_accuracy`` (faiss ``IndexFlatIP``) vs
   ``sklearn.neighbors.KNeighborsClassifier(n_neighbors=20, metric="cosine", algorithm="brute")`` with the same
   ``exp(similarity / T)`` weights (so both compute the same classifier), ``--queries`` queries against an ``--n`` bank;
-- k-means, k = #classes, on ℓ2-normalised embeddings: ``analyses.clustering.kmeans_assignments`` (faiss) vs
+- k-means, k = #classes, on ℓ2-normalised embeddings: ``embedlab.metrics.clustering.kmeans_assignments`` (faiss) vs
   ``sklearn.cluster.KMeans`` with the same k, k-means++ init, ``n_init = nredo``, ``max_iter = niter`` and
   ``tol=0`` (faiss always runs ``niter`` iterations; scikit-learn also stops when no label changes); agreement is
   the NMI of each against the labels;
@@ -42,8 +42,9 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-from embedlab.analyses.clustering import kmeans_assignments
-from embedlab.analyses.metrics import alignment, knn_accuracy, uniformity
+from embedlab.metrics.classification import knn_accuracy
+from embedlab.metrics.clustering import kmeans_assignments
+from embedlab.metrics.geometry import alignment, uniformity
 
 SLOW_S = 60.0  # a reference run slower than this is not repeated
 

@@ -64,6 +64,12 @@ def _train_overrides(a: argparse.Namespace) -> dict[str, Any]:
     return flags
 
 
+def _train_config(a: argparse.Namespace, saved: dict[str, Any] | None = None) -> Any:
+    """The config ``train`` resolves from these arguments (over ``saved``, a run being resumed)."""
+    return api.train_config(a.config, recipe=a.recipe, saved=saved, overrides=_train_overrides(a), assignments=a.set,
+                            mix_layer=a.mix_layer)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     """The resolved config. Layers, lowest first: TrainConfig defaults < the run being resumed < ``--recipe`` <
     ``--config`` < flags and ``--set`` (``--set`` last)."""

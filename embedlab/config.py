@@ -116,7 +116,8 @@ def check_option_types(fn: Any, options: dict[str, Any], where: str) -> None:
         else:
             continue
         if not ok:
-            raise EmbedlabError(f"{where} option {key}: expected {type(default).__name__}, got {value!r}")
+            kind = next(t for t in (bool, int, float) if isinstance(default, t))  # int for an int subclass default
+            raise EmbedlabError(f"{where} option {key}: expected {kind.__name__}, got {value!r}")
 
 
 def parse_assignments(items: list[str] | None, where: str) -> dict[str, str]:

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
@@ -29,11 +28,25 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """Name → plug-in table. ``register`` is a decorator; ``create`` is the one way to build a plug-in."""
+    """Name → plug-in table. ``register`` is a decorator; ``create`` is the one way to build a plug-in.
 
-    def __init__(self, kind: str) -> None:
+    ``loader`` (optional): called once, before the first lookup or listing (``get``, ``names``, ``in``, iteration), to
+    import the modules whose decorators fill the table, so that importing the registry's package imports none of them.
+    """
+
+    def __init__(self, kind: str, loader: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self._loader = loader
+
+    def _load(self) -> None:
+        loader, self._loader = self._loader, None  # first: registrations made while loading must not recurse
+        if loader is not None:
+            try:
+                loader()
+            except BaseException:
+                self._loader = loader  # a failed load is retried (and fails again, visibly) on the next lookup
+                raise
 
     def register(self, name: str, *, description: str = "", **meta: Any) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -47,9 +60,13 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> Entry[T]:
+        if name not in self._entries:
+            self._load()
         try:
             return self._entries[name]
         except KeyError:
+            import difflib  # the error path only: keeps importing a registry cheap
+
             close = difflib.get_close_matches(name, self._entries, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise EmbedlabError(
@@ -60,9 +77,12 @@ class Registry(Generic[T]):
         return self.get(name).obj(**kwargs)  # type: ignore[operator]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._entries:
+            self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:

@@ -263,6 +263,18 @@ def _load_one(json_path: Path) -> ModelResult:
     if not isinstance(arrays_name, str):
         raise EmbedlabError(f"invalid results file {json_path}: 'arrays' must be a file name")
     arrays = _load_arrays(json_path.parent / arrays_name)
+    expected = results.get("arrays_sha256")
+    if expected is not None:  # results.json names the arrays written with it: a pair from two runs is refused
+        from embedlab.io import sha256_file
+
+        try:
+            actual = sha256_file(json_path.parent / arrays_name)
+        except OSError as e:
+            raise EmbedlabError(f"cannot read {json_path.parent / arrays_name}: {e.strerror or e}") from None
+        if actual != expected:
+            raise EmbedlabError(f"{json_path.parent / arrays_name} does not belong to {json_path} (its SHA-256 "
+                                f"differs from the one recorded there: the two files come from different analyses, "
+                                f"e.g. one interrupted write); run embedlab analyze again for this model")
     labels = arrays["labels"]
 
     classes = (results.get("dataset") or {}).get("classes")
@@ -428,6 +440,16 @@ _V1_ROBUSTNESS_CAPTION = ("Robust accuracy against the attack radius \u03b5 (\u0
                           "subset), one line per model.")
 
 
+def _v1_eps(text: str) -> dict[str, Any]:
+    """Version 1's ``eps=8/255`` / ``eps=0.5`` as version 2's key fields: ε as a number and its unit."""
+    value = text[len("eps="):] if text.startswith("eps=") else text
+    unit = "1/255" if value.endswith("/255") else "L2 in [0, 1] pixels"
+    try:
+        return {"eps": float(value.removesuffix("/255")), "eps_unit": unit}
+    except ValueError:
+        return {"eps": value}
+
+
 def upgrade_v1(results: dict[str, Any]) -> dict[str, Any]:
     """A schema-version-1 ``results.json`` object as version 2 (docs/RESULTS_FORMAT.md): the only place that knows
     version 1's naming conventions. Returns a new dict; ``results`` is not changed.
@@ -455,7 +477,7 @@ def upgrade_v1(results: dict[str, Any]) -> dict[str, Any]:
         if analysis == "robustness" and name.startswith("robust_acc/") and len(parts) >= 3:
             eps = "/".join(parts[2:])
             return (f"robust accuracy \u00b7 {parts[1]}", eps.replace("eps=", "\u03b5 = "),
-                    {"attack": parts[1], "eps": eps[len("eps="):] if eps.startswith("eps=") else eps})
+                    {"metric": "robust_acc", "attack": parts[1], **_v1_eps(eps)})
         if analysis == "calibration":
             if name == "temperature":
                 return "after temperature scaling", name, {"metric": name, "scaled": True}

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,55 @@ def test_report_as_latex_and_paper_figures_from_the_api_and_the_cli(tmp_path: Pa
     with Image.open(pngs[0]) as im:
         assert im.size[0] > 100
     assert pdfs[0].read_bytes()[:4] == b"%PDF"
+
+
+def test_a_new_analysis_is_one_file(tmp_path: Path) -> None:
+    """A new analysis is one module (here a plug-in found through its entry point, as a module in analyses/ would
+    be found in the package): evaluate runs it, results.json describes it and the report shows its section, table
+    and figure, with no edit anywhere else."""
+    plugin = tmp_path / "plug"
+    plugin.mkdir()
+    (plugin / "spread_analysis.py").write_text(textwrap.dedent('''
+        from embedlab.analyses import Output, metric, register_analysis
+        from embedlab.metrics.geometry import l2_normalize
+
+        @register_analysis("spread", description="mean distance of normalised embeddings to their class mean",
+                           needs=("test",), section="spread", title="Class spread", note="lower is tighter")
+        def spread(inp, power: float = 1.0):
+            z, y = l2_normalize(inp.t("test", "embeddings")), inp.t("test", "labels")
+            per_class = {}
+            for c in y.unique().tolist():
+                zc = z[y == c]
+                per_class[str(c)] = float(((zc - zc.mean(0)).norm(dim=1) ** power).mean())
+            mean = sum(per_class.values()) / len(per_class)
+            metrics = {"spread/mean": metric(mean, False, "spread", column="mean over classes", power=power)}
+            metrics.update({f"spread/class/{c}": metric(v, False, "spread", table="per class", column=f"class {c}",
+                                                        key={"class": c}) for c, v in per_class.items()})
+            return Output(metrics, plots={"kind": "bars", "title": "Spread per class", "x_label": "class",
+                                          "y_label": "spread", "bars": per_class})
+    '''))
+    info = plugin / "spread_analysis-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: spread-analysis\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[embedlab.analyses]\nspread = spread_analysis\n")
+    code = textwrap.dedent('''
+        import json, sys, numpy as np, embedlab
+        rng = np.random.default_rng(0)
+        y = np.arange(60) % 3
+        z = (rng.normal(size=(60, 8)) + 3 * np.eye(8)[y]).astype("float32")
+        res = embedlab.evaluate(embeddings=z, labels=y, analyses="spread,align_uniform", out="res", name="toy")
+        embedlab.report(res, "r.md", format="md")
+        embedlab.report(res, "r.html")
+        print(json.dumps({"metrics": dict(res.metrics), "sections": res.to_dict()["sections"]}))
+    ''')
+    env = {**os.environ, "PYTHONPATH": str(plugin), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["sections"]["spread"] == {"title": "Class spread", "note": "lower is tighter"}
+    assert {"spread/mean", "spread/class/0", "spread/class/2"} <= set(got["metrics"])
+    md = (tmp_path / "r.md").read_text()
+    assert "Class spread" in md and "mean over classes" in md and "class 2" in md
+    html = (tmp_path / "r.html").read_text()
+    assert "Class spread" in html and "Spread per class" in html

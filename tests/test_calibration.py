@@ -1,4 +1,4 @@
-"""analyses.calibration against slow loops, torchmetrics and scikit-learn; temperature scaling; the analysis wiring."""
+"""embedlab.metrics.calibration against slow loops, torchmetrics and scikit-learn; temperature scaling; the analysis wiring."""
 from __future__ import annotations
 
 import math
@@ -10,17 +10,18 @@ from scipy.optimize import minimize_scalar
 from sklearn.metrics import brier_score_loss, log_loss
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from embedlab.analyses.calibration import (
+from embedlab.analyses.calibration import calibration
+from embedlab.analyses.registry import ANALYSES, Inputs
+from embedlab.metrics.calibration import (
     adaptive_calibration_error,
     brier_score,
-    calibration,
     calibration_metrics,
+    expected_calibration_error,
     fit_temperature,
     maximum_calibration_error,
     negative_log_likelihood,
+    reliability_diagram,
 )
-from embedlab.analyses.metrics import expected_calibration_error, reliability_diagram
-from embedlab.analyses.registry import ANALYSES, Inputs
 from embedlab.store import Extracted
 
 # ----------------------------------------------------------------------------- data + slow references
@@ -306,16 +307,17 @@ def test_analysis_fits_on_val_and_reports_test_before_and_after() -> None:
     assert m["nll_ts"]["value"] < m["nll"]["value"] and m["ece_ts"]["value"] < m["ece"]["value"]
     assert m["adaptive_ece"]["settings"] == {"n_bins": 15, "bins": "equal-mass"}
 
-    assert set(out.plots) == {"reliability", "reliability_ts"}
-    assert out.plots["reliability"] == reliability_diagram(test_logits, test_y)
-    assert sum(out.plots["reliability_ts"]["count"]) == 3000
-    assert out.plots["reliability_ts"] != out.plots["reliability"]
+    assert out.plots["kind"] == "reliability" and set(out.plots["diagrams"]) == {"before temperature scaling", "after temperature scaling"}
+    diagrams = out.plots["diagrams"]
+    assert diagrams["before temperature scaling"] == reliability_diagram(test_logits, test_y)
+    assert sum(diagrams["after temperature scaling"]["count"]) == 3000
+    assert diagrams["after temperature scaling"] != diagrams["before temperature scaling"]
 
 
 def test_analysis_function_accepts_settings() -> None:
     val_z, val_y = _calibrated(n=500, c=4, seed=1)
     inp = Inputs({"val": _split(val_z, val_y), "test": _split(val_z, val_y)}, num_classes=4)
     out = calibration(inp, n_bins=5, t_min=0.5, t_max=2.0)
-    assert len(out.plots["reliability"]["count"]) == 5
+    assert len(out.plots["diagrams"]["before temperature scaling"]["count"]) == 5
     assert out.metrics["mce"]["settings"]["n_bins"] == 5
     assert 0.5 <= out.metrics["temperature"]["value"] <= 2.0

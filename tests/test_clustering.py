@@ -1,4 +1,4 @@
-"""analyses.clustering against scikit-learn and slow double loops; invariances, degenerate cases, the analysis."""
+"""embedlab.metrics.clustering (and the linear probe) against scikit-learn and slow double loops; invariances, degenerate cases, the analysis."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,18 +16,18 @@ from sklearn.metrics import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from embedlab.analyses.clustering import (
+from embedlab.analyses.clustering import clustering
+from embedlab.analyses.registry import ANALYSES, Inputs
+from embedlab.metrics.classification import linear_probe_accuracy
+from embedlab.metrics.clustering import (
     adjusted_rand_index,
     calinski_harabasz,
-    clustering,
     davies_bouldin,
     intra_inter_distance_ratio,
     kmeans_assignments,
-    linear_probe_accuracy,
     normalized_mutual_info,
     silhouette_cosine,
 )
-from embedlab.analyses.registry import ANALYSES, Inputs
 from embedlab.store import Extracted
 
 # ----------------------------------------------------------------------------- data + slow references

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedlab.analyses.convexity import embedding_mmlb
+from embedlab.metrics.convexity import embedding_mmlb
 
 
 def _linear_logits(z: np.ndarray, w: np.ndarray, b: np.ndarray) -> torch.Tensor:

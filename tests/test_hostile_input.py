@@ -448,3 +448,95 @@ def test_unwritable_outputs_fail_before_the_slow_work(tmp_path, capsys, monkeypa
     assert err == f"embedlab: error: {blocker / 'r.html'}: Not a directory"
     err = _error(capsys, "report", res, "-o", tmp_path / "r.html", "--figures", blocker / "figs")
     assert err == f"embedlab: error: {blocker / 'figs'}: Not a directory"
+
+
+# ============================================================================ 6. results.json and arrays.npz as one unit
+def test_results_beside_arrays_of_another_analysis_are_refused(tmp_path, capsys):
+    """A failure between replacing arrays.npz and results.json (or a hand copy) leaves one model's results beside
+    another's arrays: the report refuses the pair with one line instead of mixing them."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        np.savez(tmp_path / f"{name}.npz", embeddings=rng.normal(size=(20, 4)).astype(np.float32),
+                 labels=np.arange(20) % 2)
+        assert main(["analyze", str(tmp_path / f"{name}.npz"), "--out", str(tmp_path / "res"), "--analyses",
+                     "align_uniform", "--no-progress"]) == 0
+    assert main(["report", str(tmp_path / "res"), "-o", str(tmp_path / "ok.md"), "--format", "md"]) == 0
+    (tmp_path / "res" / "a" / "arrays.npz").write_bytes((tmp_path / "res" / "b" / "arrays.npz").read_bytes())
+    err = _error(capsys, "report", tmp_path / "res", "-o", tmp_path / "r.md", "--format", "md")
+    assert "does not belong to" in err and str(tmp_path / "res" / "a" / "arrays.npz") in err
+
+
+# ============================================================================ 7. two analyses writing one folder
+def test_a_second_analyze_of_the_same_results_folder_fails_at_once(tmp_path, capsys):
+    """While one process writes OUT/<name> (holding its lock), another `analyze` of a model with that name into the
+    same --out fails with one line instead of silently replacing the first's results; afterwards it runs."""
+    import fcntl
+
+    np.savez(tmp_path / "m.npz", embeddings=np.eye(6, dtype=np.float32), labels=np.arange(6) % 2)
+    (tmp_path / "res").mkdir()
+    with open(tmp_path / "res" / ".m.lock", "a+") as fh:  # what a running `analyze` of "m" holds
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        err = _error(capsys, "analyze", tmp_path / "m.npz", "--out", tmp_path / "res", "--analyses", "align_uniform",
+                     "--no-progress")
+        assert "another embedlab process is writing" in err and str(tmp_path / "res" / "m") in err
+        assert not (tmp_path / "res" / "m").exists()
+    (tmp_path / "res" / ".m.lock").unlink()  # as its holder does when it is done
+    assert main(["analyze", str(tmp_path / "m.npz"), "--out", str(tmp_path / "res"), "--analyses", "align_uniform",
+                 "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["m"]  # no lock file left behind
+
+
+def test_concurrent_analyses_of_two_models_with_one_name_never_both_succeed(tmp_path):
+    """The issue's race, for real: two processes analyse different arrays named "m" into one --out at once. Either
+    one fails with one line (it met the other's lock) or the second saw the first's finished results of another
+    model and refused them; never do both exit 0 with the first's results silently replaced."""
+    rng = np.random.default_rng(1)
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        np.savez(tmp_path / d / "m.npz", embeddings=rng.normal(size=(3000, 64)).astype(np.float32),
+                 labels=np.arange(3000) % 10)
+    procs = [subprocess.Popen([sys.executable, "-m", "embedlab", "analyze", str(tmp_path / d / "m.npz"), "--out",
+                               str(tmp_path / "res"), "--analyses", "align_uniform,clustering", "--no-progress"],
+                              stderr=subprocess.PIPE, text=True) for d in ("x", "y")]
+    codes, errs = zip(*[(p.wait(timeout=600), p.stderr.read()) for p in procs])
+    assert sorted(codes) == [0, 2], (codes, errs)
+    err = errs[codes.index(2)].strip().splitlines()
+    assert len(err) == 1 and ("another embedlab process" in err[0] or "results of another model" in err[0]), err
+
+
+# ============================================================================ 16. tiny embeddings, kNN k beyond the bank
+@pytest.mark.parametrize("scale", [1e-13, 1e-20, 1e-30, 1e15])
+def test_cosine_metrics_do_not_change_with_the_embeddings_scale(scale):
+    """Cosine metrics are invariant to a positive rescaling (RELIABILITY §5), also below ||z|| = 1e-12 where a
+    floored normalisation (F.normalize's eps) leaves vectors short of unit length."""
+    from embedlab.metrics.classification import knn_accuracy
+    from embedlab.metrics.clustering import silhouette_cosine
+    from embedlab.metrics.geometry import alignment, uniformity
+    from embedlab.metrics.ood import knn_score
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    z = torch.randn(60, 8, generator=g) + 2 * torch.eye(8)[y]
+    tiny = z * scale
+    assert alignment(tiny, y) == pytest.approx(alignment(z, y), rel=1e-6)
+    assert uniformity(tiny) == pytest.approx(uniformity(z), rel=1e-6)
+    assert silhouette_cosine(tiny, y) == pytest.approx(silhouette_cosine(z, y), rel=1e-6)
+    assert knn_accuracy(tiny[:40], y[:40], tiny[40:], y[40:], 3, k=5) == knn_accuracy(z[:40], y[:40], z[40:], y[40:], 3,
+                                                                                        k=5)
+    assert torch.allclose(knn_score(tiny[:40], tiny[40:], k=5), knn_score(z[:40], z[40:], k=5), atol=1e-6)
+
+
+def test_knn_k_larger_than_the_bank_is_refused_when_given(tmp_path, capsys):
+    """`--opt knn.k=K` beyond the training embeddings is one line naming the setting; the default k=20 is lowered to
+    the bank's size (and recorded) so that `--analyses all` still runs on a small training split."""
+    rng = np.random.default_rng(0)
+    y = np.arange(12) % 3
+    z = rng.normal(size=(12, 4)).astype(np.float32)
+    np.savez(tmp_path / "s.npz", train_embeddings=z, train_labels=y, test_embeddings=z, test_labels=y)
+    err = _error(capsys, "analyze", tmp_path / "s.npz", "--out", tmp_path / "r", "--analyses", "knn", "--opt",
+                 "knn.k=50", "--no-progress")
+    assert "--opt knn" in err and "k=50" in err and "12 train embeddings" in err
+    assert main(["analyze", str(tmp_path / "s.npz"), "--out", str(tmp_path / "r"), "--analyses", "knn",
+                 "--no-progress"]) == 0
+    entry = json.loads((tmp_path / "r" / "s" / "results.json").read_text())["metrics"]["knn_accuracy"]
+    assert entry["settings"]["k"] == 12 and entry["settings"]["k_requested"] == 20

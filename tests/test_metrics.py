@@ -1,4 +1,4 @@
-"""Tests for analyses.metrics against slow explicit references, torchmetrics and scikit-learn."""
+"""Tests for embedlab.metrics (geometry, classification, calibration) against slow explicit references, torchmetrics and scikit-learn."""
 
 from __future__ import annotations
 
@@ -12,15 +12,9 @@ from hypothesis import strategies as st
 from sklearn.neighbors import KNeighborsClassifier
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from embedlab.analyses.metrics import (
-    accuracy,
-    alignment,
-    expected_calibration_error,
-    knn_accuracy,
-    knn_search,
-    reliability_diagram,
-    uniformity,
-)
+from embedlab.metrics.calibration import expected_calibration_error, reliability_diagram
+from embedlab.metrics.classification import accuracy, knn_accuracy, knn_search
+from embedlab.metrics.geometry import alignment, uniformity
 
 # ----------------------------------------------------------------------------- data + references
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from embedlab.analyses import ood as O
+from embedlab.analyses import ood as A
+from embedlab.metrics import ood as O
 from embedlab.analyses.registry import ANALYSES, Inputs
 from embedlab.data import TensorData, create_dataset
 from embedlab.errors import EmbedlabError
@@ -188,7 +189,7 @@ def test_odin_matches_per_example_autograd_loop(tiny):
     with torch.no_grad():
         msp_t = torch.softmax(tiny(x).double() / T, dim=1).max(1).values
     np.testing.assert_allclose(O.odin_score(tiny, x, T, 0.0).numpy(), msp_t.numpy(), rtol=1e-12)
-    ds = O.odin_dataset_scores(tiny, TensorData(x, torch.zeros(12)), batch_size=5)
+    ds = A.odin_dataset_scores(tiny, TensorData(x, torch.zeros(12)), batch_size=5)
     np.testing.assert_allclose(ds.numpy(), got.numpy(), atol=1e-9)
 
 
@@ -255,19 +256,19 @@ def test_every_embedding_and_logit_score_ranks_id_above_ood(syn):
     with a classifier aligned to the class means (so OOD logits are flat too)."""
     ood_logits = 0.01 * torch.randn(60, C, generator=torch.Generator().manual_seed(9))  # flat
     id_logits = 10.0 * torch.nn.functional.one_hot(syn["y_te"], C).float()  # peaked
-    fit = O.FitInputs(syn["z_tr"], syn["y_tr"], C, options={"knn_k": 50})
+    fit = A.FitInputs(syn["z_tr"], syn["y_tr"], C, options={"knn_k": 50})
     for name in ("msp", "maxlogit", "energy"):
-        sc, _ = O.OOD_SCORES.get(name).obj(fit)
-        s_in, s_out = sc(O.ScoredSet(syn["z_te"], id_logits)), sc(O.ScoredSet(syn["z_ood"], ood_logits))
+        sc, _ = A.OOD_SCORES.get(name).obj(fit)
+        s_in, s_out = sc(A.ScoredSet(syn["z_te"], id_logits)), sc(A.ScoredSet(syn["z_ood"], ood_logits))
         assert O.ood_metrics(s_in, s_out)["auroc"] == 1.0, name
     y = syn["y_tr"]
     w = torch.stack([syn["z_tr"][y == c].mean(0) for c in range(C)])  # (C, D)
     b = torch.zeros(C)
-    fit = O.FitInputs(syn["z_tr"], y, C, weight=w, bias=b, options={"knn_k": 50})
+    fit = A.FitInputs(syn["z_tr"], y, C, weight=w, bias=b, options={"knn_k": 50})
     for name in ("mahalanobis", "knn", "vim", "react"):
-        sc, _ = O.OOD_SCORES.get(name).obj(fit)
-        s_in = sc(O.ScoredSet(syn["z_te"], syn["z_te"] @ w.T + b))
-        s_out = sc(O.ScoredSet(syn["z_ood"], syn["z_ood"] @ w.T + b))
+        sc, _ = A.OOD_SCORES.get(name).obj(fit)
+        s_in = sc(A.ScoredSet(syn["z_te"], syn["z_te"] @ w.T + b))
+        s_out = sc(A.ScoredSet(syn["z_ood"], syn["z_ood"] @ w.T + b))
         assert O.ood_metrics(s_in, s_out)["auroc"] > 0.95, name
 
 
@@ -378,7 +379,7 @@ def test_analysis_settings_and_errors(syn):
         fn(_inputs(syn), scores="knn", knn_k=500)
     assert ANALYSES.get("ood").meta["needs"] == ("train", "test", "logits", "model", "test_data", "ood", "ood_data")
     assert ANALYSES.get("ood_logits").meta["needs"] == ("train", "test", "logits", "ood")
-    assert [e.name for e in O.OOD_SCORES if e.meta["needs_grad"]] == ["odin"]
+    assert [e.name for e in A.OOD_SCORES if e.meta["needs_grad"]] == ["odin"]
 
 
 def test_ood_analysis_end_to_end_through_the_runner(tmp_path):
@@ -405,14 +406,14 @@ def test_ood_analysis_end_to_end_through_the_runner(tmp_path):
     res = json.loads((out / "results.json").read_text())
     m = res["metrics"]
     for s in ("heldout", "gaussian", "uniform"):
-        for n in O.OOD_SCORES.names():
+        for n in A.OOD_SCORES.names():
             assert 0.0 <= m[f"ood/{s}/{n}/auroc"]["value"] <= 1.0
     assert m["ood/gaussian/odin/auroc"]["settings"]["n_id"] == 60
     assert m["ood/gaussian/odin/auroc"]["settings"]["n_ood"] == 60
     assert m["ood/gaussian/msp/auroc"]["settings"]["n_ood"] == len(data.split("test"))
     # orientation on a briefly trained model: every score ranks ID digits above held-out digits and uniform noise
     # (a sign error would give AUROC < 0.5; seen: heldout 0.94–0.98, uniform 0.75–1.0), feature-space scores best
-    for n in O.OOD_SCORES.names():
+    for n in A.OOD_SCORES.names():
         assert m[f"ood/heldout/{n}/auroc"]["value"] > 0.85 and m[f"ood/uniform/{n}/auroc"]["value"] > 0.65, n
     for n in ("mahalanobis", "knn", "vim"):
         assert m[f"ood/uniform/{n}/auroc"]["value"] > 0.9, n

@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from embedlab.analyses import calibration as cal
-from embedlab.analyses import clustering as clu
-from embedlab.analyses import metrics as M
-from embedlab.analyses import ood
+from embedlab.metrics import calibration as cal
+from embedlab.metrics import classification, geometry
+from embedlab.metrics import clustering as clu
+from embedlab.metrics import ood
 from embedlab.methods import create_method
 from embedlab.methods import multimix as mm
 from embedlab.methods.base import one_hot, pair_mix
@@ -53,13 +53,13 @@ def test_classification_metrics_ranges_and_sample_order(n, c, scale, n_bins, see
     g = _gen(seed)
     logits = torch.randn(n, c, generator=g, dtype=torch.float64) * scale
     labels = torch.randint(0, c, (n,), generator=g)
-    values = {"accuracy": M.accuracy(logits, labels),
+    values = {"accuracy": classification.accuracy(logits, labels),
               **cal.calibration_metrics(logits, labels, n_bins=n_bins)}
     for key in ("accuracy", "ece", "adaptive_ece", "mce"):
         assert 0.0 <= values[key] <= 1.0, (key, values[key])
     assert 0.0 <= values["brier"] <= 2.0 + 1e-12 and values["nll"] >= 0.0
     perm = torch.randperm(n, generator=g)
-    shuffled = {"accuracy": M.accuracy(logits[perm], labels[perm]),
+    shuffled = {"accuracy": classification.accuracy(logits[perm], labels[perm]),
                 **cal.calibration_metrics(logits[perm], labels[perm], n_bins=n_bins)}
     assert shuffled == pytest.approx(values, rel=1e-9, abs=1e-12)
     t = cal.fit_temperature(logits, labels)
@@ -73,15 +73,15 @@ def test_alignment_and_uniformity_ranges_and_invariances(n, d, k, t, chunk, seed
     g = _gen(seed)
     z = torch.randn(n, d, generator=g, dtype=torch.float64)
     labels = torch.arange(n) % min(k, n - 1)  # at least one class with two examples
-    align, unif = M.alignment(z, labels, alpha=2.0, chunk=chunk), M.uniformity(z, t=t, chunk=chunk)
+    align, unif = geometry.alignment(z, labels, alpha=2.0, chunk=chunk), geometry.uniformity(z, t=t, chunk=chunk)
     assert 0.0 <= align <= 4.0 + 1e-12
     assert -4.0 * t - 1e-9 <= unif <= 1e-12
     # normalised embeddings: positive rescaling of each row, and the order of the rows, change nothing
     scaled = z * (torch.rand(n, 1, generator=g, dtype=torch.float64) * 10 + 0.1)
     perm = torch.randperm(n, generator=g)
     for zz, yy in ((scaled, labels), (z[perm], labels[perm])):
-        assert M.alignment(zz, yy, chunk=chunk) == pytest.approx(align, rel=1e-9, abs=1e-12)
-        assert M.uniformity(zz, t=t, chunk=chunk) == pytest.approx(unif, rel=1e-9, abs=1e-12)
+        assert geometry.alignment(zz, yy, chunk=chunk) == pytest.approx(align, rel=1e-9, abs=1e-12)
+        assert geometry.uniformity(zz, t=t, chunk=chunk) == pytest.approx(unif, rel=1e-9, abs=1e-12)
 
 
 @FAST
@@ -91,12 +91,12 @@ def test_knn_accuracy_is_in_unit_interval_and_invariant_to_order_and_relabelling
     g = _gen(seed)
     bank, query = torch.randn(m, d, generator=g), torch.randn(n, d, generator=g)
     bank_y, query_y = torch.randint(0, c, (m,), generator=g), torch.randint(0, c, (n,), generator=g)
-    acc = M.knn_accuracy(bank, bank_y, query, query_y, c, k=k, temperature=temperature)
+    acc = classification.knn_accuracy(bank, bank_y, query, query_y, c, k=k, temperature=temperature)
     assert 0.0 <= acc <= 1.0
     pb, pq = torch.randperm(m, generator=g), torch.randperm(n, generator=g)
-    assert M.knn_accuracy(bank[pb], bank_y[pb], query[pq], query_y[pq], c, k=k, temperature=temperature) == acc
+    assert classification.knn_accuracy(bank[pb], bank_y[pb], query[pq], query_y[pq], c, k=k, temperature=temperature) == acc
     relabel = torch.randperm(c, generator=g)
-    assert M.knn_accuracy(bank, relabel[bank_y], query, relabel[query_y], c, k=k, temperature=temperature) == acc
+    assert classification.knn_accuracy(bank, relabel[bank_y], query, relabel[query_y], c, k=k, temperature=temperature) == acc
 
 
 @FAST

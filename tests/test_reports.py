@@ -863,7 +863,8 @@ def test_upgrade_v1_produces_the_v2_descriptors(seeded_root: Path) -> None:
     mm = more["metrics"]
     assert (mm["robust_acc/pgd_l2/eps=0.5"]["table"], mm["robust_acc/pgd_l2/eps=0.5"]["column"]) == (
         "robust accuracy \u00b7 pgd_l2", "\u03b5 = 0.5")
-    assert mm["robust_acc/pgd_l2/eps=0.5"]["key"] == {"attack": "pgd_l2", "eps": "0.5"}
+    assert mm["robust_acc/pgd_l2/eps=0.5"]["key"] == {"metric": "robust_acc", "attack": "pgd_l2", "eps": 0.5,
+                                                      "eps_unit": "L2 in [0, 1] pixels"}
     assert (mm["ece_ts"]["table"], mm["ece_ts"]["column"], mm["ece_ts"]["key"]) == (
         "after temperature scaling", "ece", {"metric": "ece", "scaled": True})
     assert mm["temperature"]["table"] == "after temperature scaling"

@@ -10,7 +10,7 @@ from torch import nn
 
 pytest.importorskip("torchattacks")
 
-from embedlab.analyses import robustness as R  # noqa: E402
+from embedlab.metrics import robustness as R  # noqa: E402
 from embedlab.analyses.registry import ANALYSES, Inputs  # noqa: E402
 from embedlab.data import TensorData, create_dataset  # noqa: E402
 from embedlab.errors import EmbedlabError  # noqa: E402
@@ -108,12 +108,13 @@ def test_registered_with_needs_and_metric_names(result):
 
 def test_plots_start_at_clean_accuracy(result):
     clean = result.metrics["clean_acc_subset"]["value"]
-    assert set(result.plots) == {"fgsm_linf", "pgd_linf", "pgd_l2"}
-    for label, plot in result.plots.items():
-        assert plot["eps"][0] == 0 and plot["accuracy"][0] == clean
-        assert len(plot["eps"]) == len(plot["accuracy"]) and plot["eps"] == sorted(plot["eps"])
+    assert result.plots["kind"] == "curves" and result.plots["y_label"] == "robust accuracy"
+    assert set(result.plots["curves"]) == {"fgsm_linf", "pgd_linf", "pgd_l2"}
+    for label, plot in result.plots["curves"].items():
+        assert plot["x"][0] == 0 and plot["y"][0] == clean
+        assert len(plot["x"]) == len(plot["y"]) and plot["x"] == sorted(plot["x"])
         assert plot["norm"] == ("L2" if label == "pgd_l2" else "Linf")
-    assert result.plots["pgd_linf"]["eps"] == [float(e) for e in LINF_GRID]
+    assert result.plots["curves"]["pgd_linf"]["x"] == [float(e) for e in LINF_GRID]
     assert result.arrays["correct_pgd_linf"].shape == (len(LINF_GRID), N_SUBSET)
     assert result.arrays["subset_indices"].shape == (N_SUBSET,)
 
@@ -135,8 +136,8 @@ def test_robust_accuracy_non_increasing_in_eps(result):
     # monotone in ε per example; the same seed per batch for every ε (common random numbers) keeps the aggregate
     # monotone in practice. Slack: one example of the subset.
     tol = 1 / N_SUBSET + 1e-9
-    for label, plot in result.plots.items():
-        acc = plot["accuracy"]
+    for label, plot in result.plots["curves"].items():
+        acc = plot["y"]
         assert all(b <= a + tol for a, b in zip(acc, acc[1:])), (label, acc)
         assert acc[-1] < acc[0] - 0.4, (label, acc)  # the attacks do bite at the largest radius
 
@@ -326,6 +327,6 @@ def test_through_the_runner_into_results_json(cnn, digits, tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["skipped"] == {}
     assert res["metrics"]["robust_acc/pgd_linf/eps=16/255"]["settings"]["n_examples"] == 48
-    assert res["plots"]["robustness"]["pgd_l2"]["eps"] == [0.0, 0.5]
+    assert res["plots"]["robustness"]["curves"]["pgd_l2"]["x"] == [0.0, 0.5]
     with np.load(out / "arrays.npz") as arrays:
         assert arrays["robustness.correct_fgsm_linf"].shape == (2, 48)
