@@ -1,7 +1,10 @@
 """Core embedding-space analyses: accuracy, weighted kNN accuracy, alignment and uniformity (section "overview")."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from embedlab.analyses.registry import OVERVIEW, OVERVIEW_TITLE, Inputs, Output, metric, register_analysis
+from embedlab.config import AT_LEAST_1, POSITIVE
 from embedlab.metrics.classification import accuracy as top1_accuracy
 from embedlab.metrics.classification import knn_accuracy
 from embedlab.metrics.geometry import alignment, uniformity
@@ -25,7 +28,7 @@ def accuracy(inp: Inputs) -> Output:
 
 @register_analysis("knn", description="weighted kNN accuracy (cosine, k=20, T=0.07 as in DINO; train embeddings as the bank; faiss)",
                    needs=("train", "test"), section=OVERVIEW, title=OVERVIEW_TITLE)
-def knn(inp: Inputs, k: int = DEFAULT_K, temperature: float = 0.07) -> Output:
+def knn(inp: Inputs, k: Annotated[int, AT_LEAST_1] = DEFAULT_K, temperature: Annotated[float, POSITIVE] = 0.07) -> Output:
     bank = inp.t("train", "embeddings")
     requested = int(k)
     if k > len(bank):
@@ -41,7 +44,7 @@ def knn(inp: Inputs, k: int = DEFAULT_K, temperature: float = 0.07) -> Output:
 
 @register_analysis("align_uniform", description="alignment (α=2) and uniformity (t=2) of ℓ2-normalised test embeddings, exact and streamed",
                    needs=("test",), section=OVERVIEW, title=OVERVIEW_TITLE)
-def align_uniform(inp: Inputs, alpha: float = 2.0, t: float = 2.0) -> Output:
+def align_uniform(inp: Inputs, alpha: Annotated[float, POSITIVE] = 2.0, t: Annotated[float, POSITIVE] = 2.0) -> Output:
     z, y = inp.t("test", "embeddings"), inp.t("test", "labels")
     return Output({"alignment": metric(alignment(z, y, alpha=alpha), False, "align_uniform", alpha=alpha),
                    "uniformity": metric(uniformity(z, t=t), False, "align_uniform", t=t)},

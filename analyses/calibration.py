@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from typing import Annotated
+
 from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
+from embedlab.config import AT_LEAST_1, POSITIVE
 from embedlab.metrics.calibration import (
     DEFAULT_BINS,
     T_MAX,
@@ -34,7 +37,8 @@ _SETTINGS = {
                    description="ECE (15 equal-width bins), adaptive ECE (15 equal-mass bins), MCE, NLL, Brier and "
                                "reliability data on test, before and after temperature scaling fitted by NLL on val",
                    needs=("val", "test", "logits"), title="Calibration", note=NOTE)
-def calibration(inp: Inputs, n_bins: int = DEFAULT_BINS, t_min: float = T_MIN, t_max: float = T_MAX) -> Output:
+def calibration(inp: Inputs, n_bins: Annotated[int, AT_LEAST_1] = DEFAULT_BINS,
+                t_min: Annotated[float, POSITIVE] = T_MIN, t_max: Annotated[float, POSITIVE] = T_MAX) -> Output:
     logits, labels = inp.t("test", "logits"), inp.t("test", "labels")
     temperature = fit_temperature(inp.t("val", "logits"), inp.t("val", "labels"), t_min=t_min, t_max=t_max)
     scaled = logits.to(torch.float64) / temperature

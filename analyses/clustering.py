@@ -4,7 +4,10 @@ the train embeddings and evaluated on the test ones.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
+from embedlab.config import AT_LEAST_1, POSITIVE
 from embedlab.metrics.classification import linear_probe_accuracy
 from embedlab.metrics.clustering import (
     adjusted_rand_index,
@@ -21,9 +24,10 @@ from embedlab.metrics.clustering import (
                    description="silhouette (cosine), Davies-Bouldin, Calinski-Harabasz, k-means (k = #classes, faiss) "
                                "NMI/ARI, intra/inter distance ratio on test embeddings; linear probe train -> test",
                    needs=("train", "test"), title="Clustering")
-def clustering(inp: Inputs, chunk: int = 1024, kmeans_niter: int = 25, kmeans_nredo: int = 3,
-               kmeans_init: str = "k-means++", kmeans_normalize: bool = True, probe_C: float = 1.0,
-               probe_max_iter: int = 1000) -> Output:
+def clustering(inp: Inputs, chunk: Annotated[int, AT_LEAST_1] = 1024, kmeans_niter: Annotated[int, AT_LEAST_1] = 25,
+               kmeans_nredo: Annotated[int, AT_LEAST_1] = 3, kmeans_init: str = "k-means++",
+               kmeans_normalize: bool = True, probe_C: Annotated[float, POSITIVE] = 1.0,
+               probe_max_iter: Annotated[int, AT_LEAST_1] = 1000) -> Output:
     z, y = inp.t("test", "embeddings"), inp.t("test", "labels")
     k = inp.num_classes
     assignments = kmeans_assignments(z, k, seed=inp.seed, niter=kmeans_niter, nredo=kmeans_nredo, init=kmeans_init,

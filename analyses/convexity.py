@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import torch
 
+from typing import Annotated
+
 from embedlab.analyses.registry import OVERVIEW, OVERVIEW_TITLE, Inputs, Output, metric, register_analysis
+from embedlab.config import AT_LEAST_1, POSITIVE
 from embedlab.metrics.convexity import embedding_mmlb
 
 
 @register_analysis("embedding_mmlb", description="embedding-space MMLB: misclassification of same-class interpolants by the model's own classifier (lower = classes more convex)",
                    needs=("test", "logits"), section=OVERVIEW, title=OVERVIEW_TITLE)
-def embedding_mmlb_analysis(inp: Inputs, alpha: float = 1.0, pairs_per_class: int = 2000) -> Output:
+def embedding_mmlb_analysis(inp: Inputs, alpha: Annotated[float, POSITIVE] = 1.0,
+                            pairs_per_class: Annotated[int, AT_LEAST_1] = 2000) -> Output:
     _, norm, per_class = embedding_mmlb(inp.t("test", "logits"), inp.t("test", "labels"), alpha=alpha,
                                         pairs_per_class=pairs_per_class,
                                         generator=torch.Generator().manual_seed(inp.seed))

@@ -11,7 +11,7 @@ over OOD sets · …``), one column per score.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
+from embedlab.config import AT_LEAST_1, NON_NEGATIVE, PERCENTILE, POSITIVE
 from embedlab.data import collate_batched
 from embedlab.errors import EmbedlabError
 from embedlab.metrics.ood import (
@@ -249,9 +250,10 @@ def _evaluate(inp: Inputs, analysis: str, scores: Any, allow_grad: bool, options
                    "ViM, ReAct; AUROC, AUPR-In/Out, FPR@95TPR (higher score = ID)",
                    needs=("train", "test", "logits", "model", "test_data", "ood", "ood_data"),
                    section=SECTION, title=TITLE, note=NOTE)
-def ood(inp: Inputs, scores: str | list[str] | None = None, knn_k: int = 50, odin_temperature: float = 1000.0,
-        odin_epsilon: float = 0.0014, react_percentile: float = 90.0, vim_dim: int | None = None,
-        max_examples: int | None = None, batch_size: int = 256) -> Output:
+def ood(inp: Inputs, scores: str | list[str] | None = None, knn_k: Annotated[int, AT_LEAST_1] = 50,
+        odin_temperature: Annotated[float, POSITIVE] = 1000.0, odin_epsilon: Annotated[float, NON_NEGATIVE] = 0.0014,
+        react_percentile: Annotated[float, PERCENTILE] = 90.0, vim_dim: Annotated[int | None, AT_LEAST_1] = None,
+        max_examples: Annotated[int | None, AT_LEAST_1] = None, batch_size: Annotated[int, AT_LEAST_1] = 256) -> Output:
     """All registered OOD scores. ``max_examples`` caps (seeded subsample) the ID and each OOD set for ODIN only."""
     return _evaluate(inp, "ood", scores, True, {
         "knn_k": knn_k, "odin_temperature": odin_temperature, "odin_epsilon": odin_epsilon,
@@ -262,8 +264,9 @@ def ood(inp: Inputs, scores: str | list[str] | None = None, knn_k: int = 50, odi
 @register_analysis("ood_logits", description="OOD detection from extracted embeddings/logits only (no gradients): MSP, "
                    "MaxLogit, Energy, Mahalanobis, KNN, and ViM/ReAct when the classifier g is available",
                    needs=("train", "test", "logits", "ood"), section=SECTION, title=TITLE, note=NOTE)
-def ood_logits(inp: Inputs, scores: str | list[str] | None = None, knn_k: int = 50, react_percentile: float = 90.0,
-               vim_dim: int | None = None) -> Output:
+def ood_logits(inp: Inputs, scores: str | list[str] | None = None, knn_k: Annotated[int, AT_LEAST_1] = 50,
+               react_percentile: Annotated[float, PERCENTILE] = 90.0,
+               vim_dim: Annotated[int | None, AT_LEAST_1] = None) -> Output:
     """The gradient-free scores; ViM and ReAct are skipped (reason in ``plots['skipped_scores']``) without a model."""
     return _evaluate(inp, "ood_logits", scores, False,
                      {"knn_k": knn_k, "react_percentile": react_percentile, "vim_dim": vim_dim})

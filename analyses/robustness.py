@@ -5,7 +5,7 @@ the results.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
+from embedlab.config import AT_LEAST_1, POSITIVE
 from embedlab.data import collate_batched
 from embedlab.errors import EmbedlabError
 from embedlab.metrics.robustness import (
@@ -42,8 +43,9 @@ def _eps_name(attack: str, eps: float) -> str:
                                "AutoAttack (standard, L∞ 8/255), torchattacks, on a seeded test subset",
                    needs=("model", "test_data"), title="Adversarial robustness", note=NOTE)
 def robustness(inp: Inputs, eps: Sequence[float] = (1, 2, 4, 8), l2_eps: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
-               steps: int = 10, max_examples: int = 1000, batch_size: int = 256,
-               attacks: Sequence[str] = DEFAULT_ATTACKS, autoattack: bool = False, autoattack_eps: float = 8) -> Output:
+               steps: Annotated[int, AT_LEAST_1] = 10, max_examples: Annotated[int, AT_LEAST_1] = 1000,
+               batch_size: Annotated[int, AT_LEAST_1] = 256, attacks: Sequence[str] = DEFAULT_ATTACKS,
+               autoattack: bool = False, autoattack_eps: Annotated[float, POSITIVE] = 8) -> Output:
     """Robust accuracy of ``inp.model`` on a seeded subset of ``inp.test_data``.
 
     Args:

@@ -95,10 +95,60 @@ def parse_options(cls: type, values: dict[str, Any], where: str, strict: bool = 
     return opts
 
 
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """A range for a numeric plug-in option, declared in its annotation and checked before any work starts:
+    ``k: Annotated[int, Bound(lo=1)] = 20``, ``eps: Annotated[float, Bound(lo=0, lo_open=True)]``."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def violation(self, value: Any) -> str | None:
+        """Why ``value`` is out of range (None when inside, or not a number)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if value != value:
+            return "must be a number, got nan"
+        low_ok = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        high_ok = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        if low_ok and high_ok:
+            return None
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
+        return f"must be {' and '.join(parts)}, got {value!r}"
+
+
+POSITIVE = Bound(lo=0, lo_open=True)
+AT_LEAST_1 = Bound(lo=1)
+NON_NEGATIVE = Bound(lo=0)
+PERCENTILE = Bound(lo=0, hi=100, lo_open=True)
+
+
+def option_bounds(fn: Any) -> dict[str, Bound]:
+    """``{option: Bound}`` from ``fn``'s ``Annotated[..., Bound(...)]`` annotations ({} when it has none)."""
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no bounds to check
+        return {}
+    out = {}
+    for name, hint in hints.items():
+        if typing.get_origin(hint) is typing.Annotated:
+            bound = next((m for m in hint.__metadata__ if isinstance(m, Bound)), None)
+            if bound is not None:
+                out[name] = bound
+    return out
+
+
 def check_option_types(fn: Any, options: dict[str, Any], where: str) -> None:
     """Keyword options for a plug-in ``fn`` (a dataset class, model factory, analysis): a value whose parameter
     defaults to an int, float or bool must have that type, so ``K=x`` is one clear line here rather than a
-    ``TypeError`` deep inside ``fn``. Other parameters and unknown names are left to ``fn`` itself."""
+    ``TypeError`` deep inside ``fn``; a value outside the :class:`Bound` in its annotation is one line too. Other
+    parameters and unknown names are left to ``fn`` itself."""
     import inspect
 
     try:
@@ -118,6 +168,11 @@ def check_option_types(fn: Any, options: dict[str, Any], where: str) -> None:
         if not ok:
             kind = next(t for t in (bool, int, float) if isinstance(default, t))  # int for an int subclass default
             raise EmbedlabError(f"{where} option {key}: expected {kind.__name__}, got {value!r}")
+    bounds = option_bounds(fn)
+    for key, value in options.items():
+        why = bounds[key].violation(value) if key in bounds else None
+        if why:
+            raise EmbedlabError(f"{where} option {key}: {why}")
 
 
 def parse_assignments(items: list[str] | None, where: str) -> dict[str, str]:

@@ -199,9 +199,9 @@ def test_analyze_option_errors(run, tmp_path, capsys):
          "--opt calibration.…: analysis 'calibration' is not selected (see --analyses)"),
         (["--analyses", "knn", "--opt", "knn.k=abc"], "--opt knn option k: expected int, got 'abc'"),
         (["--analyses", "knn", "--opt", "knn.k=0"],
-         "--opt knn: analysis 'knn' rejected the settings k=0: k must be >= 1, got 0"),
+         "--opt knn option k: must be >= 1, got 0"),
         (["--analyses", "knn", "--opt", "knn.temperature=-1"],
-         "--opt knn: analysis 'knn' rejected the settings temperature=-1: temperature must be > 0, got -1"),
+         "--opt knn option temperature: must be > 0, got -1"),
     ]
     for args, message in cases:
         assert _error(capsys, "analyze", npz, "--out", res, "--no-progress", *args) == f"embedlab: error: {message}"

@@ -540,3 +540,26 @@ def test_knn_k_larger_than_the_bank_is_refused_when_given(tmp_path, capsys):
                  "--no-progress"]) == 0
     entry = json.loads((tmp_path / "r" / "s" / "results.json").read_text())["metrics"]["knn_accuracy"]
     assert entry["settings"]["k"] == 12 and entry["settings"]["k_requested"] == 20
+
+
+@pytest.mark.parametrize("opt, message", [
+    ("knn.k=0", "--opt knn option k: must be >= 1, got 0"),
+    ("knn.temperature=-1", "--opt knn option temperature: must be > 0, got -1"),
+    ("calibration.n_bins=0", "--opt calibration option n_bins: must be >= 1, got 0"),
+    ("robustness.max_examples=0", "--opt robustness option max_examples: must be >= 1, got 0"),
+    ("ood.react_percentile=101", "--opt ood option react_percentile: must be > 0 and <= 100, got 101"),
+    ("ood.vim_dim=0", "--opt ood option vim_dim: must be >= 1, got 0"),
+    ("clustering.probe_C=0", "--opt clustering option probe_C: must be > 0, got 0"),
+])
+def test_out_of_range_settings_fail_before_the_model_is_opened(tmp_path, capsys, monkeypatch, opt, message):
+    """Each analysis declares its settings' ranges (Annotated[int, Bound(...)]); a value outside is one line naming
+    the setting, before any model is loaded or embedding extracted."""
+    import embedlab.analyses.runner
+
+    monkeypatch.setattr(embedlab.analyses.runner, "open_source",
+                        lambda *a, **k: pytest.fail("opened the model before checking the settings"))
+    analysis = opt.split(".")[0]
+    err = _error(capsys, "analyze", tmp_path / "any.safetensors", "--out", tmp_path / "r", "--analyses", analysis,
+                 "--opt", opt, "--no-progress")
+    assert err == f"embedlab: error: {message}"
+    assert not (tmp_path / "r").exists()
