@@ -117,6 +117,7 @@ def test_evaluate_a_plain_nn_module_on_a_dataset() -> None:
         embedlab.evaluate(net)
 
 
+@pytest.mark.slow
 def test_readme_from_python_example_runs(tmp_path: Path) -> None:
     """The README's "From Python" code block, verbatim, in a fresh process and an empty folder."""
     text = (ROOT / "README.md").read_text()
@@ -161,6 +162,7 @@ def test_train_returns_runs_and_the_cli_is_the_api(tmp_path: Path) -> None:
                                                                   "embedlab.recipes"}
 
 
+@pytest.mark.slow
 def test_report_as_latex_and_paper_figures_from_the_api_and_the_cli(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -184,6 +186,7 @@ def test_report_as_latex_and_paper_figures_from_the_api_and_the_cli(tmp_path: Pa
     assert pdfs[0].read_bytes()[:4] == b"%PDF"
 
 
+@pytest.mark.slow
 def test_a_new_analysis_is_one_file(tmp_path: Path) -> None:
     """A new analysis is one module (here a plug-in found through its entry point, as a module in analyses/ would
     be found in the package): evaluate runs it, results.json describes it and the report shows its section, table

@@ -32,6 +32,7 @@ def test_list_plain(kind, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) >= 4
 
 
+@pytest.mark.slow
 def test_errors_are_one_line_without_traceback(tmp_path):
     cases = [
         (["train", "--out", str(tmp_path / "r"), "--method", "mixpu"], r"unknown method 'mixpu' \(did you mean 'mixup'\?\)"),

@@ -22,6 +22,7 @@ EPOCHS = 2
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path):
     out, dump = tmp_path / "run", tmp_path / "dump"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "embedlab",
@@ -61,6 +62,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert evaluate(model, val, torch.device("cpu"))["accuracy"] == pytest.approx(history[-1]["val_accuracy"])
 
 
+@pytest.mark.slow
 def test_torchrun_method_statistics_are_averaged_over_processes(tmp_path):
     out, dump = tmp_path / "run", tmp_path / "dump"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "embedlab",

@@ -25,6 +25,7 @@ def _accuracy(tmp_path, method: str, options: dict) -> float:
     return accuracy_of(train(cfg, run, progress=False, log=lambda s: None), "cpu")
 
 
+@pytest.mark.slow
 def test_dense_multimix_at_p1_is_not_far_below_multimix(tmp_path):
     torch.manual_seed(0)
     multimix = _accuracy(tmp_path, "multimix", {"p": 1.0})

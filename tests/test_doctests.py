@@ -1,4 +1,5 @@
-"""Every module of embedlab.metrics carries runnable examples (``>>>``), and they all pass."""
+"""Every module of embedlab.metrics carries runnable examples (``>>>``), and they all pass; so do the examples of the
+other core modules that have them (summary statistics, registries)."""
 from __future__ import annotations
 
 import doctest
@@ -11,6 +12,7 @@ import embedlab.metrics
 
 MODULES = ["embedlab.metrics"] + sorted(f"embedlab.metrics.{m.name}" for m in pkgutil.iter_modules(
     embedlab.metrics.__path__) if not m.name.startswith("_"))
+OTHER_CORE = ["embedlab.stats", "embedlab.registry"]
 
 
 def test_every_topic_module_is_checked() -> None:
@@ -18,7 +20,7 @@ def test_every_topic_module_is_checked() -> None:
             "embedlab.metrics.clustering", "embedlab.metrics.ood"} <= set(MODULES)
 
 
-@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("name", MODULES + OTHER_CORE)
 def test_module_examples(name: str) -> None:
     module = importlib.import_module(name)
     tests = [t for t in doctest.DocTestFinder().find(module) if t.examples]

@@ -714,6 +714,7 @@ def test_umap_subsample_and_tiny_inputs() -> None:
         assert c.shape == (n, 2) and np.isfinite(c).all() and len(i) == n
 
 
+@pytest.mark.slow
 def test_parallel_layouts_equal_sequential_ones() -> None:
     from embedlab.reports.umap_embed import auto_workers, umap_layouts
 

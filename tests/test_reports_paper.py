@@ -189,6 +189,7 @@ def test_tex_needs_something() -> None:
 # --------------------------------------------------------------------------------------------- figures
 
 
+@pytest.mark.slow
 def test_write_figures_pdf_and_png(seeded: Path, tmp_path: Path) -> None:
     from PIL import Image
 

@@ -28,6 +28,7 @@ def _embedlab(*argv: str, **env: str) -> subprocess.Popen:
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env})
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path, capsys):
     full, killed = tmp_path / "full", tmp_path / "killed"
     victim = _embedlab(*ARGS, "--out", str(killed), EMBEDLAB_TEST_KILL_AT_STEP=str(KILL_STEP))

@@ -47,6 +47,7 @@ def _one_line_exit_2(proc: subprocess.CompletedProcess[str], where: Path) -> str
     return lines[0]
 
 
+@pytest.mark.slow
 def test_full_cache_filesystem_during_extraction_is_one_line(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = _cli("train", "--dataset", "digits", "--epochs", "1", "--out", str(run), "--no-progress", cwd=tmp_path)
