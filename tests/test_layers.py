@@ -124,9 +124,12 @@ def test_setuptools_packages_name_every_package_folder() -> None:
 
 @pytest.mark.slow
 def test_built_wheel_installs_only_the_embedlab_namespace(tmp_path: Path) -> None:
-    """``pip install .`` (a wheel, not editable) puts only embedlab* into site-packages, and it imports from there."""
+    """``pip install .`` (a wheel, not editable) into a fresh venv adds only embedlab* to its site-packages, and
+    embedlab imports and runs from there. The fresh venv reaches the dependencies (torch, ...) through a .pth file
+    naming this environment's site-packages, so nothing is downloaded."""
     import shutil
     import subprocess
+    import sysconfig
 
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "data", "runs", "*.egg-info", "build",
@@ -134,11 +137,17 @@ def test_built_wheel_installs_only_the_embedlab_namespace(tmp_path: Path) -> Non
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(wheels), str(src)], check=True)
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    before = set(p.name for p in site.iterdir())
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q",
                     *map(str, wheels.glob("*.whl"))], check=True)
-    tops = sorted(p.name for p in target.iterdir() if p.name != "bin")
-    assert [t for t in tops if not t.startswith("embedlab")] == [], tops
+    added = sorted(set(p.name for p in site.iterdir()) - before)
+    assert added and [a for a in added if not a.startswith("embedlab")] == [], added
+    (site / "zz_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch etc. from this environment
     code = ("import embedlab, embedlab.reports, embedlab.analyses.registry, embedlab.trainers.state, sys\n"
             "import embedlab.reports.html as h\n"
             "assert embedlab.__file__.startswith(sys.argv[1]), embedlab.__file__\n"
@@ -146,7 +155,11 @@ def test_built_wheel_installs_only_the_embedlab_namespace(tmp_path: Path) -> Non
             "from importlib.resources import files\n"
             "assert any(p.name.endswith('.j2') for p in files('embedlab.reports').joinpath('templates').iterdir())\n"
             "assert any(p.name == 'digits.json' for p in files('embedlab.recipes').iterdir())\n"
+            "assert 'digits' in [e['name'] for e in embedlab.list_plugins('datasets')]\n"
+            "assert 'knn' in [e['name'] for e in embedlab.list_plugins('analyses')]\n"
             "import embedlab.cli; embedlab.cli.build_parser()\n")
-    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); exec({code!r})",
-                    str(target)], check=True, cwd=tmp_path, env=env)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    subprocess.run([str(py), "-c", code, str(site)], check=True, cwd=tmp_path, env=env)
+    proc = subprocess.run([str(venv / "bin" / "embedlab"), "list", "studies"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "toy-depth" in proc.stdout, proc.stderr
