@@ -203,7 +203,10 @@ def _evaluate(inp: Inputs, analysis: str, scores: Any, allow_grad: bool, options
     for n in names:
         meta = OOD_SCORES.get(n).meta
         if meta["needs_head"] and head is None:
-            skipped[n] = "needs the classifier g's weight and bias, and no model was given (precomputed arrays)"
+            skipped[n] = ("needs the classifier g's weight and bias: " + (
+                "no model was given (precomputed arrays)" if inp.model is None else
+                f"the model ({type(inp.model).__name__}) exposes no linear classifier (a TorchScript program hides "
+                f"it; give the architecture and weights as a torchvision/timm/factory spec instead)"))
             continue
         if meta["needs_grad"] and (inp.model is None or inp.test_data is None or not inp.ood_data):
             skipped[n] = "needs the model and the raw test and OOD inputs"
@@ -243,7 +246,7 @@ def _evaluate(inp: Inputs, analysis: str, scores: Any, allow_grad: bool, options
             for key, hib in (("auroc", True), ("fpr95", False)):
                 metrics[f"ood/mean/{n}/{key}"] = metric(float(np.mean(per_score[n][key])), hib, analysis,
                                                         **_place("mean", n, key), score=n, over_sets=list(inp.ood))
-    return Output(metrics, plots, arrays)
+    return Output(metrics, plots, arrays, skipped=dict(skipped))
 
 
 @register_analysis("ood", description="OOD detection on every OOD set: MSP, MaxLogit, Energy, ODIN, Mahalanobis, KNN, "

@@ -40,11 +40,14 @@ OVERVIEW, OVERVIEW_TITLE = "overview", "Overview"  # the section of headline num
 
 @dataclass
 class Output:
-    """What an analysis returns: named metrics (see :func:`metric`), JSON-able plot data, raw arrays for plots."""
+    """What an analysis returns: named metrics (see :func:`metric`), JSON-able plot data, raw arrays for plots, and
+    the parts it left out with why (``{"vim": "needs ..."}``; results.json lists them under ``skipped`` as
+    ``"<analysis>.<part>"``)."""
 
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     plots: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         complete_metrics(self.metrics)

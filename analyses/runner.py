@@ -93,6 +93,7 @@ def _clean(data: DataSource, known: dict[str, Any] | None = None) -> tuple[DataS
     return clean, known or data.describe()["label_noise"]
 
 
+FOREIGN_MODEL_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".jit", ".ckpt", ".bin", ".pkl")
 CODE_KINDS = {"factory": "imports and calls the Python function {arch!r}",
               "torchscript": "runs the TorchScript program in {weights!r}"}
 
@@ -107,7 +108,8 @@ def open_spec(path: str | Path, device: str, data_root: str | None, trust_code: 
     if spec.kind in CODE_KINDS and not trust_code:
         raise EmbedlabError(f"model spec {p}: kind {spec.kind!r} " + CODE_KINDS[spec.kind].format(
             arch=spec.arch, weights=spec.weights) + "; refusing without --trust-code (pass it only for code you trust)")
-    data, noise = _clean(create_dataset(spec.dataset, data_root or spec.data_root, False, **spec.dataset_options))
+    spec_root = spec.data_root and str(p.parent / Path(spec.data_root).expanduser())  # relative to the spec, as weights
+    data, noise = _clean(create_dataset(spec.dataset, data_root or spec_root, False, **spec.dataset_options))
     model, sha = build_external(spec, data.info.input_shape, data.info.num_classes, p.parent)
     with torch.no_grad():
         x = data.split("test")[0][0].unsqueeze(0)
@@ -159,6 +161,12 @@ def open_source(path: str | Path, device: str = "cpu", data_root: str | None = N
         if not p.exists():
             raise EmbedlabError(f"arrays file not found: {p}")
         return open_arrays(p)
+    if p.suffix.lower() in FOREIGN_MODEL_SUFFIXES and p.is_file():
+        raise EmbedlabError(f"{p} is not an embedlab checkpoint: a {p.suffix} file (PyTorch weights or a TorchScript "
+                            f"program) is analysed through a JSON model spec naming it, e.g. {{\"name\": \"m\", "
+                            f"\"kind\": \"torchvision\", \"arch\": \"resnet18\", \"weights\": \"{p.name}\", "
+                            f"\"dataset\": \"cifar10\"}} or kind \"torchscript\" (with --trust-code); see the README, "
+                            f"\"Models in\"")
     return open_checkpoint(p, device, data_root)
 
 
@@ -282,6 +290,7 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
             raise EmbedlabError(f"--opt {a}: analysis {a!r} rejected the settings {given}: "
                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
         metrics.update(complete_metrics(res.metrics))
+        skipped.update({f"{a}.{part}": why for part, why in res.skipped.items()})
         if res.plots:
             plots[a] = res.plots
         extra_arrays.update({f"{a}.{k}": v for k, v in res.arrays.items()})

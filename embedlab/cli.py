@@ -408,8 +408,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings() -> None:
+    """embedlab's own warnings as ``embedlab: warning: MESSAGE`` (one line); others as Python prints them."""
+    import warnings
+
+    from embedlab.errors import EmbedlabWarning
+
+    default = warnings.showwarning
+    if getattr(default, "embedlab", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, EmbedlabWarning):
+            sys.stderr.write(f"embedlab: warning: {' '.join(str(message).split())}\n")
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    show.embedlab = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _one_line_warnings()
     try:
         return args.func(args)
     except EmbedlabError as e:

@@ -6,3 +6,8 @@ class EmbedlabError(Exception):
 
     The message must be one self-contained line that says what is wrong and, where possible, how to fix it.
     """
+
+
+class EmbedlabWarning(UserWarning):
+    """Something in the input was ignored or guessed (e.g. an unknown key in an ``.npz``): the work goes on, and the
+    CLI prints the message as one line ``embedlab: warning: ...`` on stderr."""

@@ -31,9 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from embedlab.config import MAX_CLASSES, parse_options
-from embedlab.errors import EmbedlabError
+from embedlab.errors import EmbedlabError, EmbedlabWarning
 from embedlab.io import sha256_file
-from embedlab.models import ExternalNet, _last_linear
+from embedlab.models import ExternalNet, _last_linear, check_embedding_method
 
 KINDS = ("torchvision", "timm", "factory", "torchscript")
 
@@ -158,6 +158,7 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
                 net = torch.jit.load(str(weights), map_location="cpu")
         except (RuntimeError, ValueError) as e:
             raise EmbedlabError(f"cannot load TorchScript file {weights}: {str(e).splitlines()[0]}") from None
+        check_embedding_method(net, spec.embedding[7:])
         model: nn.Module = ScriptedNet(net, spec.embedding[7:], input_shape, pre.mean, pre.std, pre.size)
     else:
         net = _instantiate(spec, n_cls, input_shape)
@@ -202,6 +203,10 @@ def _instantiate(spec: ModelSpec, num_classes: int, input_shape: tuple[int, ...]
     return net
 
 
+ARRAY_KEYS = frozenset({"embeddings", "labels", "logits", "classes"} | {
+    f"{split}_{key}" for split in ("train", "val", "test") for key in ("embeddings", "labels", "logits")})
+
+
 def read_arrays(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray | None]], tuple[str, ...] | None]:
     """Precomputed arrays: an ``.npz`` with ``embeddings``, ``labels`` and optional ``logits`` (taken as the test
     split), or per split ``test_embeddings``, ``train_embeddings``, … ; optional ``classes`` (names).
@@ -216,6 +221,12 @@ def read_arrays(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray | None
         # TypeError: a single .npy array under an .npz name; EOFError: an empty file; BadZipFile: truncated/corrupt
         raise EmbedlabError(f"cannot read arrays {p}: {str(e) or type(e).__name__} (empty, truncated or not an "
                             f".npz file?)") from None
+    unknown = sorted(set(data) - ARRAY_KEYS)
+    if unknown:
+        warnings.warn(EmbedlabWarning(
+            f"{p}: ignored unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (embedlab reads "
+            f"embeddings, labels, logits, classes, and train_/val_/test_ prefixed embeddings, labels, logits)"),
+            stacklevel=2)
     splits: dict[str, dict[str, np.ndarray | None]] = {}
     for split in ("train", "val", "test"):
         prefix = "" if split == "test" and "embeddings" in data else f"{split}_"

@@ -234,6 +234,23 @@ for _arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
     register_model(_arch, description=f"torchvision {_arch} (ImageNet stem, random init)")(_torchvision_resnet(_arch))
 
 
+def check_embedding_method(net: nn.Module, name: str) -> None:
+    """``"embedding": "method:NAME"`` must name a method of ``net``: a submodule called on the input, or a
+    missing name, would give a silently wrong "embedding" (e.g. ``method:avgpool`` pools the image itself)."""
+    from embedlab.errors import EmbedlabError
+
+    what = getattr(net, name, None)
+    if isinstance(what, nn.Module):
+        raise EmbedlabError(f"\"embedding\": \"method:{name}\" names a submodule of {type(net).__name__}, not a method; "
+                            f"to read that module's output give \"embedding\": \"{name}\"")
+    if not callable(what):
+        methods = sorted(n for n in dir(net) if not n.startswith("_") and callable(getattr(net, n, None))
+                         and not isinstance(getattr(net, n, None), nn.Module) and n.startswith(("forward", "embed",
+                                                                                                 "encode", "features")))
+        raise EmbedlabError(f"\"embedding\": \"method:{name}\": {type(net).__name__} has no method {name!r}"
+                            + (f"; it has {', '.join(methods)}" if methods else ""))
+
+
 class ExternalNet(EmbedNet):
     """Any classifier a user brings (``tv:NAME`` for torchvision, ``timm:NAME`` for timm), seen as f and g.
 
@@ -255,6 +272,8 @@ class ExternalNet(EmbedNet):
             from embedlab.errors import EmbedlabError
 
             raise EmbedlabError(f"embedding module {embedding!r} not found in {type(net).__name__}")
+        if embedding and embedding.startswith("method:"):
+            check_embedding_method(net, embedding[7:])
         # g lives inside net; keep a plain reference so its weights are stored once (under net.*)
         del self._modules["head"]
         object.__setattr__(self, "head", head)

@@ -154,3 +154,83 @@ def test_spec_errors(tmp_path):
                                                  "dataset": "digits", "colour": "red"}))
     with pytest.raises(EmbedlabError, match=r"unknown option\(s\) colour"):
         open_source(tmp_path / "c.json")
+
+
+# ------------------------------------------------------------------------------------- issue #17, D-items
+def test_d2_a_submodule_named_as_a_method_is_refused(tmp_path):
+    """`"embedding": "method:avgpool"` names a submodule: calling it on the image gives a 3-d "embedding" (the mean
+    colour) silently. Refused with one line saying how to read the module's output; an unknown method lists some."""
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pth")
+    for embedding, message in (("method:avgpool", "names a submodule of ResNet, not a method"),
+                               ("method:nope", "ResNet has no method 'nope'")):
+        spec = {"name": "r18", "kind": "torchvision", "arch": "resnet18", "weights": "r18.pth", "dataset": "digits",
+                "embedding": embedding}
+        (tmp_path / "r18.json").write_text(json.dumps(spec))
+        with pytest.raises(EmbedlabError, match=message):
+            open_source(tmp_path / "r18.json")
+    torch.jit.script(_Tiny()).save(str(tmp_path / "tiny.pt"))
+    spec = {"name": "ts", "kind": "torchscript", "weights": "tiny.pt", "dataset": "digits", "embedding": "method:body"}
+    (tmp_path / "ts.json").write_text(json.dumps(spec))
+    with pytest.raises(EmbedlabError, match="names a submodule .* give \"embedding\": \"body\""):
+        open_source(tmp_path / "ts.json", trust_code=True)
+
+
+def test_d3_a_pt_file_given_as_a_model_says_it_needs_a_spec(tmp_path):
+    torch.jit.script(_Tiny()).save(str(tmp_path / "model_scripted.pt"))
+    with pytest.raises(EmbedlabError, match=r"not an embedlab checkpoint: a \.pt file .* JSON model spec"):
+        open_source(tmp_path / "model_scripted.pt")
+
+
+def test_d5_unknown_npz_keys_are_a_one_line_warning(tmp_path):
+    import subprocess
+    import sys
+
+    y = np.arange(20) % 2
+    np.savez(tmp_path / "e.npz", embeddings=np.random.default_rng(0).normal(size=(20, 4)), labels=y,
+             class_names=np.array(["cat", "dog"]))
+    with pytest.warns(UserWarning, match="ignored unknown key class_names"):
+        open_source(tmp_path / "e.npz")
+    proc = subprocess.run([sys.executable, "-m", "embedlab", "analyze", str(tmp_path / "e.npz"), "--out",
+                           str(tmp_path / "res"), "--analyses", "align_uniform", "--no-progress"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("embedlab: warning: ") and "class_names" in lines[0], lines
+
+
+def test_d6_data_root_in_a_spec_is_relative_to_the_spec_file(tmp_path, monkeypatch):
+    """`weights` and `data_root` both resolve against the spec's folder, wherever analyze runs from."""
+    import embedlab.analyses.runner as runner
+
+    torch.jit.script(_Tiny()).save(str(tmp_path / "tiny.pt"))
+    spec = {"name": "ts", "kind": "torchscript", "weights": "tiny.pt", "dataset": "digits", "data_root": "data",
+            "embedding": "method:forward_features"}
+    (tmp_path / "ts.json").write_text(json.dumps(spec))
+    seen = {}
+    real = runner.create_dataset
+
+    def recording(name, root, *a, **k):
+        seen["root"] = root
+        return real(name, root, *a, **k)
+
+    monkeypatch.setattr(runner, "create_dataset", recording)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    open_source(tmp_path / "ts.json", trust_code=True)
+    assert seen["root"] == str(tmp_path / "data")
+
+
+def test_d7_scores_a_torchscript_model_cannot_give_are_skipped_with_the_true_reason(tmp_path):
+    torch.jit.script(_Tiny()).save(str(tmp_path / "tiny.pt"))
+    spec = {"name": "ts", "kind": "torchscript", "weights": "tiny.pt", "dataset": "digits",
+            "embedding": "method:forward_features"}
+    (tmp_path / "ts.json").write_text(json.dumps(spec))
+    out = analyze_path(tmp_path / "ts.json", tmp_path / "res", analyses=["ood_logits"], cache_dir=tmp_path / "cache",
+                       progress=False, trust_code=True, settings={"ood_logits": {"scores": "msp,vim,react"}})
+    skipped = _results(out)["skipped"]
+    for score in ("vim", "react"):
+        why = skipped[f"ood_logits.{score}"]
+        assert "exposes no linear classifier" in why and "precomputed arrays" not in why, why
