@@ -95,7 +95,8 @@ def _clean(data: DataSource, known: dict[str, Any] | None = None) -> tuple[DataS
 
 FOREIGN_MODEL_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".jit", ".ckpt", ".bin", ".pkl")
 CODE_KINDS = {"factory": "imports and calls the Python function {arch!r}",
-              "torchscript": "runs the TorchScript program in {weights!r}"}
+              "torchscript": "runs the TorchScript program in {weights!r}",
+              "export": "loads the exported program {weights!r} with torch.export.load, which unpickles parts of it"}
 
 
 def open_spec(path: str | Path, device: str, data_root: str | None, trust_code: bool = False) -> Source:

@@ -9,7 +9,8 @@ embedding is read::
      "embedding": null}
 
 ``kind``: ``torchvision`` / ``timm`` (architecture by name), ``factory`` (``arch`` = ``package.module:function``
-returning an ``nn.Module``), ``torchscript`` (``weights`` is a TorchScript file). ``embedding``: null (the input of
+returning an ``nn.Module``), ``torchscript`` (``weights`` is a TorchScript file), ``export`` (``weights`` is an
+exported program, ``torch.export.save``: the recommended way to hand over any model). ``embedding``: null (the input of
 the last linear layer), a module name (its output, flattened) or ``method:NAME`` (``model.NAME(x)``, e.g.
 ``method:forward_features``). Weights load with ``torch.load(weights_only=True)`` or safetensors, so a weights file
 never executes code. TorchScript files and ``factory`` modules *are* code: use them only for models you trust.
@@ -35,7 +36,7 @@ from embedlab.errors import EmbedlabError, EmbedlabWarning
 from embedlab.io import sha256_file
 from embedlab.models import ExternalNet, _last_linear, check_embedding_method
 
-KINDS = ("torchvision", "timm", "factory", "torchscript")
+KINDS = ("torchvision", "timm", "factory", "torchscript", "export")
 
 
 @dataclasses.dataclass
@@ -62,10 +63,11 @@ class ModelSpec:
     def validate(self, where: str) -> None:
         if self.kind not in KINDS:
             raise EmbedlabError(f"{where}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.kind != "torchscript" and not self.arch:
+        if self.kind not in ("torchscript", "export") and not self.arch:
             raise EmbedlabError(f"{where}: kind {self.kind!r} needs 'arch'")
-        if self.kind == "torchscript" and not self.weights:
-            raise EmbedlabError(f"{where}: kind 'torchscript' needs 'weights' (the TorchScript file)")
+        if self.kind in ("torchscript", "export") and not self.weights:
+            what = "the TorchScript file" if self.kind == "torchscript" else "the .pt2 file of torch.export.save"
+            raise EmbedlabError(f"{where}: kind {self.kind!r} needs 'weights' ({what})")
 
 
 def read_spec(path: str | Path) -> ModelSpec:
@@ -114,6 +116,139 @@ def load_weights(path: Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+class _Tap(nn.Module):
+    """Identity that keeps the last tensor it saw: inserted after a node of an exported graph to read it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.value = x
+        return x
+
+
+LINEAR_OPS = ("aten.linear.default", "aten.addmm.default")
+
+
+class ExportedNet(nn.Module):
+    """A ``torch.export`` program as an embedlab model: logits are its output (the first one if it returns several);
+    the embedding is the input of the last linear op in its graph (``embedding`` null) or output ``K`` of the
+    program (``"output:K"``). With the last linear op found, its weight and bias are the head g (ViM, ReAct)."""
+
+    def __init__(self, gm: nn.Module, tap: _Tap | None, output: int | None, head: nn.Linear | None, input_shape,
+                 net_channels: int | None, mean, std, resize: int | None) -> None:
+        super().__init__()
+        self.net, self.tap, self.output, self.resize = gm, tap, output, resize
+        object.__setattr__(self, "head", head)  # a view of the program's weights, not a second copy to store
+        self.gray_to_rgb = net_channels == 3 and input_shape[0] == 1
+        shape = (-1,) + (1,) * (len(input_shape) - 1)
+        self.register_buffer("input_mean", torch.tensor(mean or [0.0]).reshape(shape))
+        self.register_buffer("input_std", torch.tensor(std or [1.0]).reshape(shape))
+
+    @classmethod
+    def load(cls, path: Path, embedding: str | None, input_shape, mean, std, resize) -> "ExportedNet":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.load(str(path))
+        except Exception as e:  # noqa: BLE001 - any failure to read the archive is the file's fault
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EmbedlabError(f"cannot load exported program {path}: {msg} (write it with torch.export.save)") \
+                from None
+        gm = program.module()
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        val = placeholders[0].meta.get("val") if placeholders else None
+        channels = int(val.shape[1]) if val is not None and len(val.shape) == 4 else None
+        linears = [n for n in gm.graph.nodes if n.op == "call_function" and str(n.target) in LINEAR_OPS]
+        head = _head_of(gm, linears[-1]) if linears else None
+        tap, output = None, None
+        if embedding is None:
+            if not linears:
+                raise EmbedlabError(f"{path}: the exported program has no linear layer whose input could be the "
+                                    f"embedding; give \"embedding\": \"output:K\" (the program output that holds it)")
+            last = linears[-1]
+            z_node = last.args[0] if str(last.target) == "aten.linear.default" else last.args[1]
+            gm.add_submodule("embedlab_tap", _Tap())
+            with gm.graph.inserting_after(z_node):
+                tapped = gm.graph.call_module("embedlab_tap", (z_node,))
+            z_node.replace_all_uses_with(tapped, delete_user_cb=lambda user: user is not tapped)
+            gm.recompile()
+            tap = gm.get_submodule("embedlab_tap")
+        elif embedding.startswith("output:") and embedding[7:].isdigit():
+            output = int(embedding[7:])
+        else:
+            raise EmbedlabError(f"\"embedding\" of an exported program must be null (the input of its last linear "
+                                f"layer) or \"output:K\", got {embedding!r}")
+        return cls(gm, tap, output, head, input_shape, channels, mean, std, resize)
+
+    def train(self, mode: bool = True) -> "ExportedNet":
+        """An exported program has no train mode (it was traced in eval mode): only this wrapper's flag changes."""
+        self.training = mode
+        return self
+
+    def normalise(self, x: Tensor) -> Tensor:
+        if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
+            x = nn.functional.interpolate(x, size=(self.resize, self.resize), mode="bilinear", antialias=True)
+        x = (x - self.input_mean) / self.input_std
+        return x.expand(-1, 3, *x.shape[2:]) if self.gray_to_rgb else x
+
+    def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        try:
+            out = self.net(self.normalise(x))
+        except (RuntimeError, AssertionError, ValueError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EmbedlabError(f"the exported program cannot run on inputs of shape {tuple(x.shape)}: {msg} (export "
+                                f"it with a dynamic batch dimension, dynamic_shapes={{'x': {{0: Dim('batch')}}}}, and "
+                                f"the dataset's image size, or set preprocess.size)") from None
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        logits = outs[0]
+        if self.output is None:
+            z = self.tap.value
+        else:
+            if self.output >= len(outs):
+                raise EmbedlabError(f"\"embedding\": \"output:{self.output}\" but the program returns "
+                                    f"{len(outs)} output(s)")
+            z = outs[self.output]
+        if z.dim() != 2 or logits.dim() != 2:
+            raise EmbedlabError(f"the exported program's embedding and logits must be (N, d) and (N, C); got "
+                                f"{tuple(z.shape)} and {tuple(logits.shape)} (choose another \"embedding\")")
+        return z, logits
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._run(x)[1]
+
+    def embed_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._run(x)
+
+
+def _head_of(gm: nn.Module, node: Any) -> nn.Linear | None:
+    """The weight and bias of a linear op whose parameters are attributes of ``gm``, as an ``nn.Linear``."""
+    try:
+        if str(node.target) == "aten.linear.default":
+            w_node, b_node = node.args[1], (node.args[2] if len(node.args) > 2 else None)
+            weight = _attr(gm, w_node)
+        else:  # addmm(bias, input, weight.t())
+            b_node, wt = node.args[0], node.args[2]
+            weight = _attr(gm, wt.args[0]).t() if getattr(wt, "op", "") == "call_function" else None
+        bias = _attr(gm, b_node) if b_node is not None else None
+    except (AttributeError, IndexError, TypeError):
+        return None
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        return None
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        if bias is not None:
+            head.bias.copy_(bias)
+    return head.requires_grad_(False)
+
+
+def _attr(gm: nn.Module, node: Any) -> Any:
+    if getattr(node, "op", None) != "get_attr":
+        raise AttributeError(node)
+    obj = gm
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 class ScriptedNet(nn.Module):
     """A TorchScript classifier: logits from ``forward``, embedding from a method (``method:NAME``)."""
 
@@ -149,6 +284,9 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
             raise EmbedlabError(f"weights file not found: {weights}")
         h.update(sha256_file(weights).encode())
     n_cls = spec.num_classes or num_classes
+    if spec.kind == "export":
+        model = ExportedNet.load(weights, spec.embedding, input_shape, pre.mean, pre.std, pre.size)
+        return model.eval(), h.hexdigest()
     if spec.kind == "torchscript":
         if not (spec.embedding or "").startswith("method:"):
             raise EmbedlabError("a torchscript model needs \"embedding\": \"method:NAME\" (e.g. method:forward_features)")

@@ -234,3 +234,66 @@ def test_d7_scores_a_torchscript_model_cannot_give_are_skipped_with_the_true_rea
     for score in ("vim", "react"):
         why = skipped[f"ood_logits.{score}"]
         assert "exposes no linear classifier" in why and "precomputed arrays" not in why, why
+
+
+# ------------------------------------------------------------------------------------- issue #17, torch.export
+class _SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def _export(net: nn.Module, path, dynamic: bool = True) -> None:
+    x = torch.rand(2, 3, 8, 8)
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    torch.export.save(torch.export.export(net.eval(), (x,), dynamic_shapes=shapes), str(path))
+
+
+def test_exported_program_through_analyze_and_report(tmp_path):
+    """An exported program (.pt2) is a model kind: logits from the program, the embedding read at the input of its
+    last linear layer (no surgery by the user), the head's weights found for ViM/ReAct; it needs --trust-code."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    net = _SmallCNN()
+    _export(net, tmp_path / "cnn.pt2")
+    spec = {"name": "exp", "kind": "export", "weights": "cnn.pt2", "dataset": "digits"}
+    (tmp_path / "exp.json").write_text(json.dumps(spec))
+    with pytest.raises(EmbedlabError, match="torch.export.load.*--trust-code"):
+        open_source(tmp_path / "exp.json")
+    src = open_source(tmp_path / "exp.json", trust_code=True)
+    x = src.data.split("test")[0][0].unsqueeze(0).repeat(3, 1, 1, 1)  # (3, 1, 8, 8) digits in [0, 1]
+    z, logits = src.model.embed_and_logits(x)
+    with torch.no_grad():
+        x3 = x.expand(-1, 3, -1, -1)
+        torch.testing.assert_close(z, net.features(x3))
+        torch.testing.assert_close(logits, net(x3))
+        torch.testing.assert_close(src.model.head(z), logits)
+    run = [sys.executable, "-m", "embedlab"]
+    proc = subprocess.run([*run, "analyze", str(tmp_path / "exp.json"), "--trust-code", "--out", str(tmp_path / "res"),
+                           "--analyses", "accuracy,knn,ood_logits", "--opt", "ood_logits.scores=msp,vim,react",
+                           "--cache-dir", str(tmp_path / "cache"), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    r = _results(tmp_path / "res" / "exp")
+    assert "ood/gaussian/vim/auroc" in r["metrics"] and "ood/gaussian/react/auroc" in r["metrics"]
+    proc = subprocess.run([*run, "report", str(tmp_path / "res"), "-o", str(tmp_path / "r.md"), "--format", "md"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "exp" in (tmp_path / "r.md").read_text(), proc.stderr
+
+
+def test_exported_program_errors_are_one_line(tmp_path):
+    torch.manual_seed(0)
+    _export(_SmallCNN(), tmp_path / "static.pt2", dynamic=False)
+    (tmp_path / "bad.pt2").write_bytes(b"not a zip")
+    for weights, embedding, message in (("static.pt2", None, "cannot run on inputs of shape .* dynamic batch"),
+                                        ("bad.pt2", None, "cannot load exported program"),
+                                        ("static.pt2", "features", "must be null .* or \"output:K\"")):
+        spec = {"name": "e", "kind": "export", "weights": weights, "dataset": "digits", "embedding": embedding}
+        (tmp_path / "e.json").write_text(json.dumps(spec))
+        with pytest.raises(EmbedlabError, match=message):
+            open_source(tmp_path / "e.json", trust_code=True)
