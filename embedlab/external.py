@@ -250,27 +250,83 @@ def _attr(gm: nn.Module, node: Any) -> Any:
 
 
 class ScriptedNet(nn.Module):
-    """A TorchScript classifier: logits from ``forward``, embedding from a method (``method:NAME``)."""
+    """A TorchScript classifier: logits from ``forward``; the embedding from a method (``method:NAME``) or, with
+    ``embed_method`` None, the input of the last linear op of ``forward``'s graph (read by a copy of that graph that
+    also returns it, so a plain scripted torchvision/timm model needs no extra method). With the last linear layer
+    found as a submodule, it is the head g (ViM, ReAct)."""
 
-    def __init__(self, net: torch.jit.ScriptModule, embed_method: str, input_shape, mean, std,
+    def __init__(self, net: torch.jit.ScriptModule, embed_method: str | None, input_shape, mean, std,
                  resize: int | None) -> None:
         super().__init__()
         self.net, self.embed_method, self.resize = net, embed_method, resize
+        self._both = None
+        if embed_method is None:
+            self._both = _embedding_and_logits_function(net)
         shape = (-1,) + (1,) * (len(input_shape) - 1)
         self.register_buffer("input_mean", torch.tensor(mean or [0.0]).reshape(shape))
         self.register_buffer("input_std", torch.tensor(std or [1.0]).reshape(shape))
+        object.__setattr__(self, "head", None)
+        # 1-channel data into a network whose first convolution takes 3 channels: repeat the channel
+        convs = [m for _, m in net.named_modules() if getattr(m, "original_name", "") == "Conv2d"]
+        first = getattr(convs[0], "weight", None) if convs else None
+        self.gray_to_rgb = input_shape[0] == 1 and isinstance(first, Tensor) and first.shape[1] == 3
+
+    def find_head(self, x: Tensor) -> None:
+        """The last Linear submodule whose shape maps this embedding to these logits, as the head g."""
+        with torch.no_grad():
+            z, logits = self.embed_and_logits(x)
+        linears = [m for _, m in self.net.named_modules() if getattr(m, "original_name", "") == "Linear"]
+        for m in reversed(linears):
+            w = getattr(m, "weight", None)
+            if isinstance(w, Tensor) and tuple(w.shape) == (logits.shape[1], z.shape[1]):
+                head = nn.Linear(w.shape[1], w.shape[0], bias=getattr(m, "bias", None) is not None)
+                with torch.no_grad():
+                    head.weight.copy_(w)
+                    if head.bias is not None:
+                        head.bias.copy_(m.bias)
+                    if torch.allclose(head(z), logits, atol=1e-4, rtol=1e-4):
+                        object.__setattr__(self, "head", head.requires_grad_(False))
+                return
 
     def normalise(self, x: Tensor) -> Tensor:
         if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
             x = nn.functional.interpolate(x, size=(self.resize, self.resize), mode="bilinear", antialias=True)
-        return (x - self.input_mean) / self.input_std
+        x = (x - self.input_mean) / self.input_std
+        return x.expand(-1, 3, *x.shape[2:]) if self.gray_to_rgb else x
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.normalise(x))
 
     def embed_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         xn = self.normalise(x)
+        if self._both is not None:
+            z, logits = self._both(self.net._c, xn)
+            return z.flatten(1), logits
         return getattr(self.net, self.embed_method)(xn).flatten(1), self.net(xn)
+
+
+def _embedding_and_logits_function(net: torch.jit.ScriptModule) -> Any:
+    """A TorchScript function ``(module, x) -> (input of the last linear op, logits)`` built from a copy of
+    ``net.forward``'s inlined graph (TorchScript's graph API; the program itself is not changed)."""
+    try:
+        g = net.forward.graph.copy()
+        torch._C._jit_pass_inline(g)
+        linears = [n for n in g.nodes() if n.kind() in ("aten::linear", "aten::addmm")]
+        if not linears:
+            raise EmbedlabError("the TorchScript program has no linear layer whose input could be the embedding; give "
+                                "\"embedding\": \"method:NAME\" (a method of the program returning it)")
+        last = linears[-1]
+        z = last.inputsAt(0) if last.kind() == "aten::linear" else last.inputsAt(1)
+        old = list(g.outputs())[0]
+        both = g.create("prim::TupleConstruct", [z, old])
+        both.insertBefore(g.return_node())
+        both.output().setType(torch._C.TupleType([z.type(), old.type()]))
+        g.eraseOutput(0)
+        g.registerOutput(both.output())
+        return torch._C._create_function_from_graph("embedlab_embedding_and_logits", g)
+    except (RuntimeError, AttributeError, IndexError, TypeError) as e:
+        raise EmbedlabError(f"cannot find the embedding in the TorchScript program ({str(e).strip().splitlines()[0]}); "
+                            f"give \"embedding\": \"method:NAME\"") from None
 
 
 def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int,
@@ -288,16 +344,23 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
         model = ExportedNet.load(weights, spec.embedding, input_shape, pre.mean, pre.std, pre.size)
         return model.eval(), h.hexdigest()
     if spec.kind == "torchscript":
-        if not (spec.embedding or "").startswith("method:"):
-            raise EmbedlabError("a torchscript model needs \"embedding\": \"method:NAME\" (e.g. method:forward_features)")
+        if spec.embedding is not None and not spec.embedding.startswith("method:"):
+            raise EmbedlabError("a torchscript model's \"embedding\" is null (the input of its last linear layer) or "
+                                "\"method:NAME\" (e.g. method:forward_features)")
         try:
             with warnings.catch_warnings():  # torch 2.14 deprecates jit.load; the user asked for this TorchScript file
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
                 net = torch.jit.load(str(weights), map_location="cpu")
         except (RuntimeError, ValueError) as e:
             raise EmbedlabError(f"cannot load TorchScript file {weights}: {str(e).splitlines()[0]}") from None
-        check_embedding_method(net, spec.embedding[7:])
-        model: nn.Module = ScriptedNet(net, spec.embedding[7:], input_shape, pre.mean, pre.std, pre.size)
+        method = spec.embedding[7:] if spec.embedding else None
+        if method is not None:
+            check_embedding_method(net, method)
+        model: nn.Module = ScriptedNet(net, method, input_shape, pre.mean, pre.std, pre.size)
+        try:
+            model.find_head(torch.rand(2, *input_shape))
+        except (RuntimeError, ValueError, EmbedlabError):
+            pass  # the program cannot run on this input shape: open_spec's check says so in one line
     else:
         net = _instantiate(spec, n_cls, input_shape)
         if weights is not None:

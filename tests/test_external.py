@@ -223,8 +223,13 @@ def test_d6_data_root_in_a_spec_is_relative_to_the_spec_file(tmp_path, monkeypat
     assert seen["root"] == str(tmp_path / "data")
 
 
+class _ScaledHead(_Tiny):
+    def forward(self, x):
+        return 2 * self.fc(self.forward_features(x)) + 1  # logits no Linear submodule gives from the embedding
+
+
 def test_d7_scores_a_torchscript_model_cannot_give_are_skipped_with_the_true_reason(tmp_path):
-    torch.jit.script(_Tiny()).save(str(tmp_path / "tiny.pt"))
+    torch.jit.script(_ScaledHead()).save(str(tmp_path / "tiny.pt"))
     spec = {"name": "ts", "kind": "torchscript", "weights": "tiny.pt", "dataset": "digits",
             "embedding": "method:forward_features"}
     (tmp_path / "ts.json").write_text(json.dumps(spec))
@@ -297,3 +302,24 @@ def test_exported_program_errors_are_one_line(tmp_path):
         (tmp_path / "e.json").write_text(json.dumps(spec))
         with pytest.raises(EmbedlabError, match=message):
             open_source(tmp_path / "e.json", trust_code=True)
+
+
+def test_plain_scripted_torchvision_resnet18_needs_no_surgery(tmp_path):
+    """A TorchScript file saved from plain torchvision (only `forward`): the embedding is the input of its last linear
+    layer, equal to the eager model's pooled features; its fc is found as the head, so ViM and ReAct run too."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    torch.jit.script(net).save(str(tmp_path / "r18.pt"))
+    spec = {"name": "r18s", "kind": "torchscript", "weights": "r18.pt", "dataset": "digits",
+            "preprocess": {"size": 32}}
+    (tmp_path / "r18.json").write_text(json.dumps(spec))
+    src = open_source(tmp_path / "r18.json", trust_code=True)
+    x = torch.rand(3, 3, 32, 32)
+    z, logits = src.model.embed_and_logits(x)
+    with torch.no_grad():
+        feats = nn.Sequential(*list(net.children())[:-1])(x).flatten(1)
+        torch.testing.assert_close(z, feats, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits, net(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(src.model.head(z), logits, atol=1e-5, rtol=1e-5)
