@@ -36,16 +36,20 @@ _SETTINGS = {
 @register_analysis("calibration",
                    description="ECE (15 equal-width bins), adaptive ECE (15 equal-mass bins), MCE, NLL, Brier and "
                                "reliability data on test, before and after temperature scaling fitted by NLL on val",
-                   needs=("val", "test", "logits"), title="Calibration", note=NOTE)
+                   needs=("test", "logits"), optional=("val",), title="Calibration", note=NOTE)
 def calibration(inp: Inputs, n_bins: Annotated[int, AT_LEAST_1] = DEFAULT_BINS,
                 t_min: Annotated[float, POSITIVE] = T_MIN, t_max: Annotated[float, POSITIVE] = T_MAX) -> Output:
     logits, labels = inp.t("test", "logits"), inp.t("test", "labels")
-    temperature = fit_temperature(inp.t("val", "logits"), inp.t("val", "labels"), t_min=t_min, t_max=t_max)
-    scaled = logits.to(torch.float64) / temperature
     metrics = {}
     for name, value in calibration_metrics(logits, labels, n_bins=n_bins).items():
         metrics[name] = metric(value, False, "calibration", table=BEFORE, column=name,
                                key={"metric": name, "scaled": False}, **_SETTINGS[name](n_bins))
+    diagrams = {BEFORE: reliability_diagram(logits, labels, n_bins=n_bins)}
+    if "val" not in inp.splits:  # the metrics of the raw logits still stand; T needs held-out data to be fitted on
+        return Output(metrics, plots={"kind": "reliability", "title": "Reliability diagrams", "diagrams": diagrams},
+                      skipped={"temperature_scaling": "needs a val split (T is fitted by NLL on val, not on test)"})
+    temperature = fit_temperature(inp.t("val", "logits"), inp.t("val", "labels"), t_min=t_min, t_max=t_max)
+    scaled = logits.to(torch.float64) / temperature
     for name, value in calibration_metrics(scaled, labels, n_bins=n_bins).items():
         metrics[f"{name}_ts"] = metric(value, False, "calibration", table=AFTER, column=name,
                                        key={"metric": name, "scaled": True}, **_SETTINGS[name](n_bins),
@@ -53,6 +57,5 @@ def calibration(inp: Inputs, n_bins: Annotated[int, AT_LEAST_1] = DEFAULT_BINS,
     metrics["temperature"] = metric(temperature, None, "calibration", table=AFTER, column="temperature",
                                     key={"metric": "temperature", "scaled": True}, fitted_on="val", objective="nll",
                                     t_min=t_min, t_max=t_max)
-    return Output(metrics, plots={"kind": "reliability", "title": "Reliability diagrams", "diagrams": {
-        BEFORE: reliability_diagram(logits, labels, n_bins=n_bins),
-        AFTER: reliability_diagram(scaled, labels, n_bins=n_bins)}})
+    diagrams[AFTER] = reliability_diagram(scaled, labels, n_bins=n_bins)
+    return Output(metrics, plots={"kind": "reliability", "title": "Reliability diagrams", "diagrams": diagrams})

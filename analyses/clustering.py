@@ -23,7 +23,7 @@ from embedlab.metrics.clustering import (
 @register_analysis("clustering",
                    description="silhouette (cosine), Davies-Bouldin, Calinski-Harabasz, k-means (k = #classes, faiss) "
                                "NMI/ARI, intra/inter distance ratio on test embeddings; linear probe train -> test",
-                   needs=("train", "test"), title="Clustering")
+                   needs=("test",), optional=("train",), title="Clustering")
 def clustering(inp: Inputs, chunk: Annotated[int, AT_LEAST_1] = 1024, kmeans_niter: Annotated[int, AT_LEAST_1] = 25,
                kmeans_nredo: Annotated[int, AT_LEAST_1] = 3, kmeans_init: str = "k-means++",
                kmeans_normalize: bool = True, probe_C: Annotated[float, POSITIVE] = 1.0,
@@ -34,17 +34,22 @@ def clustering(inp: Inputs, chunk: Annotated[int, AT_LEAST_1] = 1024, kmeans_nit
                                      normalize=kmeans_normalize)
     km = {"k": k, "niter": kmeans_niter, "nredo": kmeans_nredo, "init": kmeans_init, "normalize": kmeans_normalize,
           "seed": inp.seed}
-    probe = linear_probe_accuracy(inp.t("train", "embeddings"), inp.t("train", "labels"), z, y, C=probe_C,
-                                  max_iter=probe_max_iter, seed=inp.seed)
     a = "clustering"
-    return Output({
+    metrics = {
         "silhouette": metric(silhouette_cosine(z, y, chunk=chunk), True, a, distance="cosine"),
         "davies_bouldin": metric(davies_bouldin(z, y), False, a, distance="euclidean"),
         "calinski_harabasz": metric(calinski_harabasz(z, y), True, a),
         "kmeans_nmi": metric(normalized_mutual_info(y, assignments), True, a, average="arithmetic", **km),
         "kmeans_ari": metric(adjusted_rand_index(y, assignments), True, a, **km),
-        "linear_probe_accuracy": metric(probe, True, a, C=probe_C, max_iter=probe_max_iter, solver="lbfgs",
-                                        standardize=True, fitted_on="train"),
         "intra_inter_ratio": metric(intra_inter_distance_ratio(z, y, chunk=chunk), False, a,
                                     distance="euclidean on l2-normalised", average="over pairs"),
-    }, arrays={"kmeans_assignments": assignments.cpu().numpy()})
+    }
+    skipped = {}
+    if "train" in inp.splits:
+        probe = linear_probe_accuracy(inp.t("train", "embeddings"), inp.t("train", "labels"), z, y, C=probe_C,
+                                      max_iter=probe_max_iter, seed=inp.seed)
+        metrics["linear_probe_accuracy"] = metric(probe, True, a, C=probe_C, max_iter=probe_max_iter,
+                                                  solver="lbfgs", standardize=True, fitted_on="train")
+    else:
+        skipped["linear_probe_accuracy"] = "needs a train split (the probe is fitted on train, scored on test)"
+    return Output(metrics, arrays={"kmeans_assignments": assignments.cpu().numpy()}, skipped=skipped)

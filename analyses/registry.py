@@ -103,14 +103,15 @@ _SECTIONS: dict[str, dict[str, str]] = {}  # section id -> {"title", "note"} as 
 
 
 def register_analysis(name: str, *, description: str, needs: tuple[str, ...], section: str | None = None,
-                      title: str = "", note: str = "") -> Callable[[Analysis], Analysis]:
+                      title: str = "", note: str = "", optional: tuple[str, ...] = ()) -> Callable[[Analysis], Analysis]:
     """Register ``fn(inp, **settings) -> Output`` under ``name``.
 
-    ``needs``: the inputs it reads (:data:`NEEDS`). ``section``: the id of the report section its metrics go to by
+    ``needs``: the inputs it reads (:data:`NEEDS`); ``optional``: inputs it uses when the source has them (e.g. a
+    train split for a probe) and otherwise does without, listing the parts it left out in ``Output.skipped``. ``section``: the id of the report section its metrics go to by
     default (``name`` when not given; several analyses may share one, e.g. ``"overview"``); ``title`` and ``note``:
     that section's heading (default: the id) and explanatory note. Analyses sharing a section may each give its
     title and note, but not different ones."""
-    unknown = set(needs) - set(NEEDS)
+    unknown = (set(needs) | set(optional)) - set(NEEDS)
     if unknown:
         raise ValueError(f"analysis {name!r}: unknown needs {sorted(unknown)}; known: {NEEDS}")
     section = section or name
@@ -119,7 +120,8 @@ def register_analysis(name: str, *, description: str, needs: tuple[str, ...], se
         if value and known[what] and known[what] != value:
             raise ValueError(f"analysis {name!r}: section {section!r} already has {what} {known[what]!r}, "
                              f"not {value!r}")
-    register = ANALYSES.register(name, description=description, needs=tuple(needs), section=section)
+    register = ANALYSES.register(name, description=description, needs=tuple(needs), optional=tuple(optional),
+                                 section=section)
 
     def deco(fn: Analysis) -> Analysis:
         register(fn)  # raises if the name is taken: then no section is recorded either

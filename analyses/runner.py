@@ -250,6 +250,8 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         else:
             runnable.append(a)
     needed = {s for a in runnable for s in ANALYSES.get(a).meta["needs"]}
+    needed |= {s for a in runnable for s in ANALYSES.get(a).meta.get("optional", ())
+               if _resolve_needs(src, (s,)) is None}  # used where the source has them
     splits = dict(src.arrays)
     if src.model is not None and src.data is not None:
         for split in sorted(needed & {"train", "val", "test"} | {"test"}):

@@ -291,7 +291,7 @@ def test_clustering_analysis_wires_test_and_train() -> None:
     split = lambda z, y: Extracted(z.float().numpy(), None, y.numpy())  # noqa: E731
     inp = Inputs({"train": split(ztr, ytr), "test": split(zte, yte)}, num_classes=6, seed=0)
     entry = ANALYSES.get("clustering")
-    assert entry.meta["needs"] == ("train", "test")
+    assert entry.meta["needs"] == ("test",) and entry.meta["optional"] == ("train",)
     out = entry.obj(inp)
     m = out.metrics
     directions = {"silhouette": True, "davies_bouldin": False, "calinski_harabasz": True, "kmeans_nmi": True,

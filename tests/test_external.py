@@ -323,3 +323,27 @@ def test_plain_scripted_torchvision_resnet18_needs_no_surgery(tmp_path):
         torch.testing.assert_close(z, feats, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(logits, net(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(src.model.head(z), logits, atol=1e-5, rtol=1e-5)
+
+
+def test_d4_the_minimal_npz_gets_every_part_it_can(tmp_path):
+    """`embeddings` + `labels` (+ `logits`) alone: clustering runs without its probe (which needs train), calibration
+    without temperature scaling (which needs val); each left-out part is in `skipped` with its reason."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    z = rng.normal(size=(90, 8)) + 4 * np.eye(8)[y]
+    logits = 3 * np.eye(3)[y] + rng.normal(size=(90, 3))
+    np.savez(tmp_path / "min.npz", embeddings=z, labels=y, logits=logits)
+    r = _results(analyze_path(tmp_path / "min.npz", tmp_path / "res", analyses=["clustering", "calibration"],
+                              progress=False))
+    assert {"silhouette", "kmeans_nmi", "davies_bouldin", "ece", "nll", "brier"} <= set(r["metrics"])
+    assert "linear_probe_accuracy" not in r["metrics"] and "ece_ts" not in r["metrics"]
+    assert "train split" in r["skipped"]["clustering.linear_probe_accuracy"]
+    assert "val split" in r["skipped"]["calibration.temperature_scaling"]
+    assert "clustering" not in r["skipped"] and "calibration" not in r["skipped"]
+    assert list(r["plots"]["calibration"]["diagrams"]) == ["before temperature scaling"]
+    # with the splits, the parts come back
+    np.savez(tmp_path / "full.npz", embeddings=z, labels=y, logits=logits, train_embeddings=z, train_labels=y,
+             train_logits=logits, val_embeddings=z, val_labels=y, val_logits=logits)
+    r = _results(analyze_path(tmp_path / "full.npz", tmp_path / "res", analyses=["clustering", "calibration"],
+                              progress=False))
+    assert {"linear_probe_accuracy", "ece_ts", "temperature"} <= set(r["metrics"]) and not r["skipped"]
