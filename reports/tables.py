@@ -4,7 +4,8 @@ Each metric entry of a results.json (schema version 2, docs/RESULTS_FORMAT.md; v
 its ``section``, the ``table`` inside that section (``""``: the section's main table) and its ``column``; the
 top-level ``sections`` give each section's title and note. This module only pivots those descriptors: it knows no
 analysis and no metric naming convention. Sections come in first-seen order with the overview first; tables and
-columns in first-seen order. The best value of each column (by mean over seeds) is marked using the metric's
+columns in first-seen order. The best value of each column (by mean over seeds, among the models evaluated on the
+same dataset) is marked using the metric's
 ``higher_is_better``.
 """
 from __future__ import annotations
@@ -217,17 +218,28 @@ def _shown(x: float) -> float:
     return float(format_sig(x)) if math.isfinite(x) and x != 0 else x
 
 
+def _dataset_of(g: Group) -> str:
+    """What a group was evaluated on, as its test-set size and class names (not the dataset's name, which differs
+    between an .npz file's stem and the dataset it came from): bests are compared within one such set."""
+    d = g.first.dataset
+    return json.dumps([d.get("num_examples", len(g.first.labels)), g.first.class_names], default=str)
+
+
 def _table(title: str, columns: list[Column], groups: Sequence[Group]) -> Table:
     stats = [[metric_stat(g, c.key) for c in columns] for g in groups]
     rows = [Row(g.name, g.n, []) for g in groups]
+    datasets = [_dataset_of(g) for g in groups]
     for j, col in enumerate(columns):
-        means = [_shown(s[j].mean) for s in stats if s[j] is not None and math.isfinite(s[j].mean)]
-        best = None
-        if col.higher_is_better is not None and len(means) >= 2:
-            best = max(means) if col.higher_is_better else min(means)
+        best: dict[str, float] = {}
+        for ds in set(datasets):  # "best" only among models evaluated on the same data
+            means = [_shown(s[j].mean) for s, d in zip(stats, datasets)
+                     if d == ds and s[j] is not None and math.isfinite(s[j].mean)]
+            if col.higher_is_better is not None and len(means) >= 2:
+                best[ds] = max(means) if col.higher_is_better else min(means)
         for i, row in enumerate(rows):
             st = stats[i][j]
-            is_best = best is not None and st is not None and math.isfinite(st.mean) and _shown(st.mean) == best
+            is_best = (datasets[i] in best and st is not None and math.isfinite(st.mean)
+                       and _shown(st.mean) == best[datasets[i]])
             row.cells.append(Cell(st, format_stat(st), is_best))
     return Table(title, columns, rows)
 

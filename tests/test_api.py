@@ -237,3 +237,22 @@ def test_a_new_analysis_is_one_file(tmp_path: Path) -> None:
     assert "Class spread" in md and "mean over classes" in md and "class 2" in md
     html = (tmp_path / "r.html").read_text()
     assert "Class spread" in html and "Spread per class" in html
+
+
+def test_best_cells_are_marked_only_among_models_on_the_same_data(tmp_path: Path) -> None:
+    """Two models on one test set and a third on another (a different dataset): the third's higher accuracy is not
+    "best" over the other two; within the first test set the better model is."""
+    rng = np.random.default_rng(0)
+
+    def arrays(n: int, classes: int, correct: float) -> dict[str, np.ndarray]:
+        y = np.arange(n) % classes
+        pred = np.where(rng.random(n) < correct, y, (y + 1) % classes)
+        return {"embeddings": rng.normal(size=(n, 4)).astype(np.float32), "labels": y,
+                "logits": 5 * np.eye(classes, dtype=np.float32)[pred]}
+
+    for name, (n, c, acc) in {"a": (200, 4, 0.6), "b": (200, 4, 0.7), "other": (90, 3, 0.95)}.items():
+        embedlab.evaluate(**arrays(n, c, acc), analyses="accuracy", out=tmp_path / "res", name=name)
+    embedlab.report(tmp_path / "res", tmp_path / "r.md", format="md")
+    rows = {line.split("|")[1].strip(): line for line in (tmp_path / "r.md").read_text().splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in ("a", "b", "other")}
+    assert "**" in rows["b"] and "**" not in rows["a"] and "**" not in rows["other"], rows
