@@ -4,6 +4,7 @@ the train embeddings and evaluated on the test ones.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Annotated
 
 from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
@@ -46,10 +47,19 @@ def clustering(inp: Inputs, chunk: Annotated[int, AT_LEAST_1] = 1024, kmeans_nit
     }
     skipped = {}
     if "train" in inp.splits:
-        probe = linear_probe_accuracy(inp.t("train", "embeddings"), inp.t("train", "labels"), z, y, C=probe_C,
-                                      max_iter=probe_max_iter, seed=inp.seed)
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings(record=True) as caught:  # recorded in the settings, not printed on stderr
+            warnings.simplefilter("always", ConvergenceWarning)
+            probe = linear_probe_accuracy(inp.t("train", "embeddings"), inp.t("train", "labels"), z, y, C=probe_C,
+                                          max_iter=probe_max_iter, seed=inp.seed)
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        for w in caught:
+            if not issubclass(w.category, ConvergenceWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         metrics["linear_probe_accuracy"] = metric(probe, True, a, C=probe_C, max_iter=probe_max_iter,
-                                                  solver="lbfgs", standardize=True, fitted_on="train")
+                                                  solver="lbfgs", standardize=True, fitted_on="train",
+                                                  converged=converged)
     else:
         skipped["linear_probe_accuracy"] = "needs a train split (the probe is fitted on train, scored on test)"
     return Output(metrics, arrays={"kmeans_assignments": assignments.cpu().numpy()}, skipped=skipped)

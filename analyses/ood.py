@@ -266,7 +266,8 @@ def ood(inp: Inputs, scores: str | list[str] | None = None, knn_k: Annotated[int
 
 @register_analysis("ood_logits", description="OOD detection from extracted embeddings/logits only (no gradients): MSP, "
                    "MaxLogit, Energy, Mahalanobis, KNN, and ViM/ReAct when the classifier g is available",
-                   needs=("train", "test", "logits", "ood"), section=SECTION, title=TITLE, note=NOTE)
+                   needs=("train", "test", "logits", "ood"), section=SECTION, title=TITLE, note=NOTE,
+                   covered_by="ood")
 def ood_logits(inp: Inputs, scores: str | list[str] | None = None, knn_k: Annotated[int, AT_LEAST_1] = 50,
                react_percentile: Annotated[float, PERCENTILE] = 90.0,
                vim_dim: Annotated[int | None, AT_LEAST_1] = None) -> Output:

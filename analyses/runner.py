@@ -249,6 +249,11 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
             skipped[a] = reason
         else:
             runnable.append(a)
+    for a in list(runnable):  # e.g. ood_logits beside ood: the same scores would be computed twice, same names
+        cover = ANALYSES.get(a).meta.get("covered_by")
+        if cover in runnable and not settings.get(a) and not settings.get(cover):  # settings given: run as asked
+            runnable.remove(a)
+            skipped[a] = f"{cover} computes the same metrics (and more) on this model"
     needed = {s for a in runnable for s in ANALYSES.get(a).meta["needs"]}
     needed |= {s for a in runnable for s in ANALYSES.get(a).meta.get("optional", ())
                if _resolve_needs(src, (s,)) is None}  # used where the source has them

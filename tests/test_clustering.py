@@ -313,3 +313,22 @@ def test_clustering_analysis_wires_test_and_train() -> None:
     assert m["linear_probe_accuracy"]["settings"]["fitted_on"] == "train"
     # settings pass through
     assert clustering(inp, kmeans_nredo=4, probe_C=0.1).metrics["kmeans_ari"]["settings"]["nredo"] == 4
+
+
+def test_linear_probe_that_stops_early_is_recorded_not_printed(recwarn):
+    """sklearn's multi-line ConvergenceWarning does not reach stderr: the metric's settings say converged=False."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from embedlab.analyses.clustering import clustering
+    from embedlab.analyses.registry import Inputs
+    from embedlab.store import Extracted
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(120) % 4
+    z = (torch.randn(120, 16, generator=g) + torch.eye(16)[y] * 0.5).numpy()
+    split = Extracted(z, None, y.numpy())
+    out = clustering(Inputs({"train": split, "test": split}, 4), probe_max_iter=1)
+    assert out.metrics["linear_probe_accuracy"]["settings"]["converged"] is False
+    assert not [w for w in recwarn if issubclass(w.category, ConvergenceWarning)]
+    out = clustering(Inputs({"train": split, "test": split}, 4))
+    assert out.metrics["linear_probe_accuracy"]["settings"]["converged"] is True

@@ -455,3 +455,24 @@ def test_matches_pytorch_ood(syn, tiny):
     x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(5))
     odin = pood.ODIN(tiny, eps=0.0014, temperature=1000.0)
     np.testing.assert_allclose(O.odin_score(tiny, x).numpy(), -odin.predict(x).detach().numpy(), atol=1e-6)
+
+
+def test_ood_logits_is_not_run_twice_beside_ood(tmp_path):
+    """`--analyses all` on a model: ood computes every gradient-free score too, under the same metric names, so
+    ood_logits is skipped with the reason instead of computing them a second time (and overwriting them)."""
+    import json
+
+    import numpy as np
+
+    from embedlab.analyses.runner import analyze_path
+
+    from tests.test_hostile_input import _checkpoint
+
+    ckpt = _checkpoint(tmp_path / "m.safetensors")
+    out = analyze_path(ckpt, tmp_path / "res", analyses=["ood", "ood_logits"], cache_dir=tmp_path / "c",
+                       progress=False, settings={}, ood=["gaussian"])
+    r = json.loads((out / "results.json").read_text())
+    assert "ood computes the same metrics" in r["skipped"]["ood_logits"]
+    assert {m["analysis"] for m in r["metrics"].values()} == {"ood"}
+    assert "ood/gaussian/energy/auroc" in r["metrics"] and "ood/gaussian/odin/auroc" in r["metrics"]
+    assert np.isfinite(r["metrics"]["ood/gaussian/msp/auroc"]["value"])
