@@ -10,7 +10,8 @@ embedding is read::
 
 ``kind``: ``torchvision`` / ``timm`` (architecture by name), ``factory`` (``arch`` = ``package.module:function``
 returning an ``nn.Module``), ``torchscript`` (``weights`` is a TorchScript file), ``export`` (``weights`` is an
-exported program, ``torch.export.save``: the recommended way to hand over any model). ``embedding``: null (the input of
+exported program, ``torch.export.save``: the recommended way to hand over any model), ``huggingface`` (``weights``
+is a local ``save_pretrained`` folder of a transformers image classifier; needs ``embedlab[hf]``). ``embedding``: null (the input of
 the last linear layer), a module name (its output, flattened) or ``method:NAME`` (``model.NAME(x)``, e.g.
 ``method:forward_features``). Weights load with ``torch.load(weights_only=True)`` or safetensors, so a weights file
 never executes code. TorchScript files and ``factory`` modules *are* code: use them only for models you trust.
@@ -36,7 +37,7 @@ from embedlab.errors import EmbedlabError, EmbedlabWarning
 from embedlab.io import sha256_file
 from embedlab.models import ExternalNet, _last_linear, check_embedding_method
 
-KINDS = ("torchvision", "timm", "factory", "torchscript", "export")
+KINDS = ("torchvision", "timm", "factory", "torchscript", "export", "huggingface")
 
 
 @dataclasses.dataclass
@@ -63,10 +64,11 @@ class ModelSpec:
     def validate(self, where: str) -> None:
         if self.kind not in KINDS:
             raise EmbedlabError(f"{where}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.kind not in ("torchscript", "export") and not self.arch:
+        if self.kind not in ("torchscript", "export", "huggingface") and not self.arch:
             raise EmbedlabError(f"{where}: kind {self.kind!r} needs 'arch'")
-        if self.kind in ("torchscript", "export") and not self.weights:
-            what = "the TorchScript file" if self.kind == "torchscript" else "the .pt2 file of torch.export.save"
+        if self.kind in ("torchscript", "export", "huggingface") and not self.weights:
+            what = {"torchscript": "the TorchScript file", "export": "the .pt2 file of torch.export.save",
+                    "huggingface": "the folder written by save_pretrained"}[self.kind]
             raise EmbedlabError(f"{where}: kind {self.kind!r} needs 'weights' ({what})")
 
 
@@ -249,6 +251,59 @@ def _attr(gm: nn.Module, node: Any) -> Any:
     return obj
 
 
+class _HFLogits(nn.Module):
+    """A transformers image classifier as ``x -> logits`` (``pixel_values`` in, ``.logits`` out)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A local ``save_pretrained`` folder of a transformers image classifier (ViT, DINOv2, ConvNeXt, ... with an
+    image-classification head) and its image processor's preprocessing. Weights are read from safetensors only and
+    no remote code is run (``trust_remote_code`` stays off), so loading executes nothing from the folder; nothing
+    is fetched from the hub. The embedding is the input of the classification head."""
+    try:
+        import transformers
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+    except ImportError:
+        raise EmbedlabError("kind 'huggingface' needs transformers: pip install 'embedlab[hf]'") from None
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise EmbedlabError(f"{folder}: not a save_pretrained folder (no config.json)")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        net = AutoModelForImageClassification.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                              trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        msg = " ".join(str(e).split())[:300]
+        raise EmbedlabError(f"cannot load the transformers image classifier in {folder}: {msg} (embedlab reads "
+                            f"models with an image-classification head saved as safetensors)") from None
+    pre: dict[str, Any] = {"channels": getattr(config, "num_channels", None)}
+    if (folder / "preprocessor_config.json").is_file():
+        try:
+            proc = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError, KeyError):
+            proc = None
+        if proc is not None:
+            pre["mean"] = list(proc.image_mean) if getattr(proc, "image_mean", None) is not None else None
+            pre["std"] = list(proc.image_std) if getattr(proc, "image_std", None) is not None else None
+            size = getattr(proc, "size", None)
+            side = (getattr(size, "height", None) or getattr(size, "shortest_edge", None)) if size is not None \
+                else None
+            if side is None and isinstance(size, dict):
+                side = size.get("height") or size.get("shortest_edge")
+            pre["size"] = int(side) if side else None
+    if pre.get("size") is None and getattr(config, "image_size", None):
+        pre["size"] = int(config.image_size)
+    return _HFLogits(net.eval()), pre
+
+
 class ScriptedNet(nn.Module):
     """A TorchScript classifier: logits from ``forward``; the embedding from a method (``method:NAME``) or, with
     ``embed_method`` None, the input of the last linear op of ``forward``'s graph (read by a copy of that graph that
@@ -338,8 +393,19 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
     if weights is not None:
         if not weights.exists():
             raise EmbedlabError(f"weights file not found: {weights}")
-        h.update(sha256_file(weights).encode())
+        for f in sorted(weights.rglob("*")) if weights.is_dir() else [weights]:  # a save_pretrained folder: all
+            if f.is_file():
+                h.update(str(f.relative_to(weights) if weights.is_dir() else f.name).encode())
+                h.update(sha256_file(f).encode())
     n_cls = spec.num_classes or num_classes
+    if spec.kind == "huggingface":
+        net, hf_pre = load_huggingface(weights)
+        size = pre.size or hf_pre.get("size")
+        mean, std = pre.mean or hf_pre.get("mean"), pre.std or hf_pre.get("std")
+        channels = hf_pre.get("channels")
+        model = ExternalNet(net, _last_linear(net, n_cls), input_shape, mean, std,
+                            gray_to_rgb=input_shape[0] == 1 and channels == 3, resize=size, embedding=spec.embedding)
+        return model.eval(), h.hexdigest()
     if spec.kind == "export":
         model = ExportedNet.load(weights, spec.embedding, input_shape, pre.mean, pre.std, pre.size)
         return model.eval(), h.hexdigest()

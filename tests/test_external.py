@@ -347,3 +347,57 @@ def test_d4_the_minimal_npz_gets_every_part_it_can(tmp_path):
     r = _results(analyze_path(tmp_path / "full.npz", tmp_path / "res", analyses=["clustering", "calibration"],
                               progress=False))
     assert {"linear_probe_accuracy", "ece_ts", "temperature"} <= set(r["metrics"]) and not r["skipped"]
+
+
+# ------------------------------------------------------------------------------------- issue #17, Hugging Face
+def _tiny_vit(folder, num_labels: int = 10):
+    transformers = pytest.importorskip("transformers", reason="the huggingface kind needs embedlab[hf] (transformers)")
+    cfg = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64, num_labels=num_labels)
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    transformers.utils.logging.disable_progress_bar()
+    model.save_pretrained(folder)
+    transformers.ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.5] * 3,
+                                   image_std=[0.25] * 3).save_pretrained(folder)
+    return model
+
+
+def test_huggingface_image_classifier_through_analyze_and_report(tmp_path):
+    """A tiny randomly initialised ViT written by save_pretrained (no hub access): loaded from safetensors without
+    --trust-code, preprocessed as its image processor says, the embedding is the input of its classifier head."""
+    import subprocess
+    import sys
+
+    ref = _tiny_vit(tmp_path / "vit")
+    spec = {"name": "vit", "kind": "huggingface", "weights": "vit", "dataset": "digits"}
+    (tmp_path / "vit.json").write_text(json.dumps(spec))
+    src = open_source(tmp_path / "vit.json")
+    x = src.data.split("test")[0][0].unsqueeze(0).repeat(2, 1, 1, 1)  # (2, 1, 8, 8) in [0, 1]
+    z, logits = src.model.embed_and_logits(x)
+    pixels = nn.functional.interpolate(x, size=(16, 16), mode="bilinear", antialias=True)
+    pixels = ((pixels - 0.5) / 0.25).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        out = ref(pixel_values=pixels, output_hidden_states=False)
+        torch.testing.assert_close(logits, out.logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(z, ref.vit(pixel_values=pixels).last_hidden_state[:, 0], atol=1e-5, rtol=1e-5)
+    run = [sys.executable, "-m", "embedlab"]
+    proc = subprocess.run([*run, "analyze", str(tmp_path / "vit.json"), "--out", str(tmp_path / "res"), "--analyses",
+                           "accuracy,knn,align_uniform,calibration", "--cache-dir", str(tmp_path / "cache"),
+                           "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert 0.0 <= _results(tmp_path / "res" / "vit")["metrics"]["accuracy"]["value"] <= 1.0
+    proc = subprocess.run([*run, "report", str(tmp_path / "res"), "-o", str(tmp_path / "r.md"), "--format", "md"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "vit" in (tmp_path / "r.md").read_text(), proc.stderr
+
+
+def test_huggingface_folder_errors_are_one_line(tmp_path):
+    _tiny_vit(tmp_path / "vit", num_labels=3)
+    (tmp_path / "empty").mkdir()
+    for weights, message in (("empty", "not a save_pretrained folder"),
+                             ("vit", "no final nn.Linear with 10 outputs")):
+        spec = {"name": "v", "kind": "huggingface", "weights": weights, "dataset": "digits"}
+        (tmp_path / "v.json").write_text(json.dumps(spec))
+        with pytest.raises(EmbedlabError, match=message):
+            open_source(tmp_path / "v.json")
