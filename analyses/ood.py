@@ -53,10 +53,14 @@ METRIC_LABELS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out",
 
 
 def odin_dataset_scores(model: nn.Module, dataset: Dataset, *, temperature: float = 1000.0, epsilon: float = 0.0014,
-                        device: torch.device | str = "cpu", batch_size: int = 256) -> Tensor:
+                        device: torch.device | str = "cpu", batch_size: int = 256, progress: bool = False,
+                        desc: str = "ODIN") -> Tensor:
     """:func:`odin_score` over a dataset of ``(x, y)`` in order, in batches on ``device``. Returns (N,) float64 (CPU)."""
+    from tqdm.auto import tqdm
+
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_batched)
-    out = [odin_score(model, x.to(device), temperature, epsilon).cpu() for x, _ in loader]
+    out = [odin_score(model, x.to(device), temperature, epsilon).cpu()
+           for x, _ in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
@@ -140,6 +144,9 @@ def _react(fit: FitInputs) -> tuple[Scorer, dict[str, Any]]:
     return (lambda s: react_score(s.z, fit.weight, fit.bias, c)), {"percentile": p, "threshold": c}  # type: ignore[arg-type]
 
 
+ODIN_MAX_EXAMPLES = 2000  # ODIN's input gradients dominate the OOD analysis's cost: a seeded subsample per set
+
+
 @register_score("odin", description="MSP at T=1000 after an ε=0.0014 input step towards higher confidence (Liang et al. 2018)",
                 needs_head=False, needs_grad=True)
 def _odin(fit: FitInputs) -> tuple[Scorer, dict[str, Any]]:
@@ -156,7 +163,9 @@ def _odin(fit: FitInputs) -> tuple[Scorer, dict[str, Any]]:
         if cap is not None and len(data) > int(cap):  # type: ignore[arg-type]
             rng = np.random.default_rng(fit.seed)
             data = Subset(data, np.sort(rng.choice(len(data), int(cap), replace=False)).tolist())  # type: ignore[arg-type]
-        return odin_dataset_scores(model, data, temperature=t, epsilon=eps, device=fit.device, batch_size=batch)
+        return odin_dataset_scores(model, data, temperature=t, epsilon=eps, device=fit.device, batch_size=batch,
+                                   progress=bool(fit.options.get("progress")),
+                                   desc=f"ODIN ({len(data)} inputs, one gradient each)")
 
     return score, {"temperature": t, "epsilon": eps, "max_examples": cap, "space": "input"}
 
@@ -256,12 +265,14 @@ def _evaluate(inp: Inputs, analysis: str, scores: Any, allow_grad: bool, options
 def ood(inp: Inputs, scores: str | list[str] | None = None, knn_k: Annotated[int, AT_LEAST_1] = 50,
         odin_temperature: Annotated[float, POSITIVE] = 1000.0, odin_epsilon: Annotated[float, NON_NEGATIVE] = 0.0014,
         react_percentile: Annotated[float, PERCENTILE] = 90.0, vim_dim: Annotated[int | None, AT_LEAST_1] = None,
-        max_examples: Annotated[int | None, AT_LEAST_1] = None, batch_size: Annotated[int, AT_LEAST_1] = 256) -> Output:
-    """All registered OOD scores. ``max_examples`` caps (seeded subsample) the ID and each OOD set for ODIN only."""
+        max_examples: Annotated[int | None, AT_LEAST_1] = ODIN_MAX_EXAMPLES,
+        batch_size: Annotated[int, AT_LEAST_1] = 256) -> Output:
+    """All registered OOD scores. ``max_examples`` caps (seeded subsample) the ID and each OOD set for ODIN only,
+    the one score that back-propagates to the input (default :data:`ODIN_MAX_EXAMPLES`; raise it to score more)."""
     return _evaluate(inp, "ood", scores, True, {
         "knn_k": knn_k, "odin_temperature": odin_temperature, "odin_epsilon": odin_epsilon,
         "react_percentile": react_percentile, "vim_dim": vim_dim, "max_examples": max_examples,
-        "batch_size": batch_size})
+        "batch_size": batch_size, "progress": inp.progress})
 
 
 @register_analysis("ood_logits", description="OOD detection from extracted embeddings/logits only (no gradients): MSP, "

@@ -66,6 +66,7 @@ class Inputs:
     ood: dict[str, Extracted] = field(default_factory=dict)
     ood_data: dict[str, Dataset] = field(default_factory=dict)
     seed: int = 0
+    progress: bool = False  # show progress bars in slow analyses (robustness, ODIN)
 
     def t(self, split: str, name: str) -> torch.Tensor:
         """A split's array as a tensor: ``inp.t("test", "embeddings")`` → ``(N, d)``."""

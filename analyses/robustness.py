@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
 from embedlab.config import AT_LEAST_1, POSITIVE
@@ -92,7 +93,10 @@ def robustness(inp: Inputs, eps: Sequence[float] = (1, 2, 4, 8), l2_eps: Sequenc
     with frozen_eval(model):
         # batches outside, attacks inside: the data is read once, and each (attack, ε) result depends on the seed and
         # the batch only, not on which other attacks or radii were requested
-        for b, (x, y) in enumerate(loader):
+        passes = sum(len(grids[a]) * (int(steps) if a.startswith("pgd") else 1) for a in chosen)
+        bar = tqdm(loader, desc=f"robustness ({n} examples x ~{passes} gradient passes)", unit="batch",
+                   disable=not inp.progress, leave=False)
+        for b, (x, y) in enumerate(bar):
             x, y = x.to(device), y.to(device)
             if x.dim() != 4 or x.min() < 0 or x.max() > 1:
                 raise EmbedlabError("robustness needs image inputs (B, C, H, W) in [0, 1]; "

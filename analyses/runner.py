@@ -280,7 +280,7 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         _check_finite(src, split, arrays)
     inp = Inputs(splits, len(src.classes), src.classes, model=src.model, device=torch.device(device),
                  test_data=src.data.split("test") if src.data is not None and "test_data" in needed else None,
-                 ood=ood_x, ood_data=ood_data)
+                 ood=ood_x, ood_data=ood_data, progress=progress)
     metrics: dict[str, Any] = {}
     plots: dict[str, Any] = {}
     extra_arrays: dict[str, np.ndarray] = {}
