@@ -44,7 +44,7 @@ def _eps_name(attack: str, eps: float) -> str:
                                "AutoAttack (standard, L∞ 8/255), torchattacks, on a seeded test subset",
                    needs=("model", "test_data"), title="Adversarial robustness", note=NOTE)
 def robustness(inp: Inputs, eps: Sequence[float] = (1, 2, 4, 8), l2_eps: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
-               steps: Annotated[int, AT_LEAST_1] = 10, max_examples: Annotated[int, AT_LEAST_1] = 1000,
+               steps: Annotated[int, AT_LEAST_1] = 10, max_examples: Annotated[int, AT_LEAST_1] = 500,
                batch_size: Annotated[int, AT_LEAST_1] = 256, attacks: Sequence[str] = DEFAULT_ATTACKS,
                autoattack: bool = False, autoattack_eps: Annotated[float, POSITIVE] = 8) -> Output:
     """Robust accuracy of ``inp.model`` on a seeded subset of ``inp.test_data``.
