@@ -323,6 +323,20 @@ def test_plain_scripted_torchvision_resnet18_needs_no_surgery(tmp_path):
         torch.testing.assert_close(z, feats, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(logits, net(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(src.model.head(z), logits, atol=1e-5, rtol=1e-5)
+    # and through the command line, as a user runs it: analyze (ViM and ReAct run: the head was found), then report
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "embedlab"]
+    proc = subprocess.run([*run, "analyze", str(tmp_path / "r18.json"), "--trust-code", "--out", str(tmp_path / "res"),
+                           "--analyses", "accuracy,ood_logits", "--opt", "ood_logits.scores=msp,vim,react",
+                           "--cache-dir", str(tmp_path / "cache"), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    r = _results(tmp_path / "res" / "r18s")
+    assert "ood/gaussian/vim/auroc" in r["metrics"] and not r["skipped"]
+    proc = subprocess.run([*run, "report", str(tmp_path / "res"), "-o", str(tmp_path / "r.md"), "--format", "md"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "r18s" in (tmp_path / "r.md").read_text(), proc.stderr
 
 
 def test_d4_the_minimal_npz_gets_every_part_it_can(tmp_path):
