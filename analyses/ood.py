@@ -258,10 +258,19 @@ def _evaluate(inp: Inputs, analysis: str, scores: Any, allow_grad: bool, options
     return Output(metrics, plots, arrays, skipped=dict(skipped))
 
 
+def _odin_passes(inp: Inputs, scores: Any = None, max_examples: int | None = ODIN_MAX_EXAMPLES, **_: Any) -> int:
+    """Per-example gradient passes of ODIN in :func:`ood`: one per scored input of the ID set and each OOD set."""
+    if "odin" not in _select(scores, True, "ood") or inp.test_data is None:
+        return 0
+    cap = int(max_examples) if max_examples is not None else None
+    sets = [inp.test_data, *inp.ood_data.values()]
+    return sum(min(len(d), cap) if cap is not None else len(d) for d in sets)
+
+
 @register_analysis("ood", description="OOD detection on every OOD set: MSP, MaxLogit, Energy, ODIN, Mahalanobis, KNN, "
                    "ViM, ReAct; AUROC, AUPR-In/Out, FPR@95TPR (higher score = ID)",
                    needs=("train", "test", "logits", "model", "test_data", "ood", "ood_data"),
-                   section=SECTION, title=TITLE, note=NOTE)
+                   section=SECTION, title=TITLE, note=NOTE, gradient_passes=_odin_passes)
 def ood(inp: Inputs, scores: str | list[str] | None = None, knn_k: Annotated[int, AT_LEAST_1] = 50,
         odin_temperature: Annotated[float, POSITIVE] = 1000.0, odin_epsilon: Annotated[float, NON_NEGATIVE] = 0.0014,
         react_percentile: Annotated[float, PERCENTILE] = 90.0, vim_dim: Annotated[int | None, AT_LEAST_1] = None,

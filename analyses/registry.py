@@ -105,7 +105,8 @@ _SECTIONS: dict[str, dict[str, str]] = {}  # section id -> {"title", "note"} as 
 
 def register_analysis(name: str, *, description: str, needs: tuple[str, ...], section: str | None = None,
                       title: str = "", note: str = "", optional: tuple[str, ...] = (),
-                      covered_by: str | None = None) -> Callable[[Analysis], Analysis]:
+                      covered_by: str | None = None,
+                      gradient_passes: Callable[..., int] | None = None) -> Callable[[Analysis], Analysis]:
     """Register ``fn(inp, **settings) -> Output`` under ``name``.
 
     ``needs``: the inputs it reads (:data:`NEEDS`); ``optional``: inputs it uses when the source has them (e.g. a
@@ -123,7 +124,7 @@ def register_analysis(name: str, *, description: str, needs: tuple[str, ...], se
             raise ValueError(f"analysis {name!r}: section {section!r} already has {what} {known[what]!r}, "
                              f"not {value!r}")
     register = ANALYSES.register(name, description=description, needs=tuple(needs), optional=tuple(optional),
-                                 section=section, covered_by=covered_by)
+                                 section=section, covered_by=covered_by, gradient_passes=gradient_passes)
 
     def deco(fn: Analysis) -> Analysis:
         register(fn)  # raises if the name is taken: then no section is recorded either

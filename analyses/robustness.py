@@ -39,10 +39,32 @@ def _eps_name(attack: str, eps: float) -> str:
     return f"eps={eps:g}/255" if ATTACKS[attack].norm == "Linf" else f"eps={eps:g}"
 
 
+def _radii(value: Any) -> list[float]:
+    """A radius setting as a list: ``--opt robustness.eps=8`` gives one number, ``eps=2,4`` a list."""
+    return [float(value)] if isinstance(value, (int, float)) else [float(e) for e in value]
+
+
+def _names(value: Any) -> list[str]:
+    """An attacks setting as a list: ``--opt robustness.attacks=fgsm,pgd_l2`` arrives as one string."""
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+
+
+def _passes(inp: Inputs, eps: Sequence[float] = (1, 2, 4, 8), l2_eps: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
+            steps: int = 10, max_examples: int = 500, attacks: Sequence[str] = DEFAULT_ATTACKS,
+            autoattack: bool = False, **_: Any) -> int:
+    """Per-example gradient passes of :func:`robustness` (AutoAttack counted as 100 steps: a rough floor)."""
+    n = min(int(max_examples), len(inp.test_data)) if inp.test_data is not None else 0
+    per = 0
+    for a in dict.fromkeys([*_names(attacks), *(["autoattack"] if autoattack else [])]):
+        radii = [1.0] if a == "autoattack" else _radii(l2_eps if a == "pgd_l2" else eps)
+        per += len(set(radii)) * (100 if a == "autoattack" else int(steps) if a.startswith("pgd") else 1)
+    return n * per
+
+
 @register_analysis("robustness",
                    description="robust accuracy vs ε under FGSM, PGD-10 (L∞, L2; α=ε/4, random start) and optionally "
                                "AutoAttack (standard, L∞ 8/255), torchattacks, on a seeded test subset",
-                   needs=("model", "test_data"), title="Adversarial robustness", note=NOTE)
+                   needs=("model", "test_data"), title="Adversarial robustness", note=NOTE, gradient_passes=_passes)
 def robustness(inp: Inputs, eps: Sequence[float] = (1, 2, 4, 8), l2_eps: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
                steps: Annotated[int, AT_LEAST_1] = 10, max_examples: Annotated[int, AT_LEAST_1] = 500,
                batch_size: Annotated[int, AT_LEAST_1] = 256, attacks: Sequence[str] = DEFAULT_ATTACKS,
@@ -68,12 +90,12 @@ def robustness(inp: Inputs, eps: Sequence[float] = (1, 2, 4, 8), l2_eps: Sequenc
     """
     if inp.model is None or inp.test_data is None:
         raise EmbedlabError("robustness needs the model and the raw test inputs")
-    chosen = list(dict.fromkeys([*attacks, *(["autoattack"] if autoattack else [])]))
+    chosen = list(dict.fromkeys([*_names(attacks), *(["autoattack"] if autoattack else [])]))
     for a in chosen:
         check_attack(a)
     grids: dict[str, list[float]] = {}  # attack → radii in the units of its setting
     for a in chosen:
-        radii = [float(autoattack_eps)] if a == "autoattack" else [float(e) for e in (l2_eps if a == "pgd_l2" else eps)]
+        radii = [float(autoattack_eps)] if a == "autoattack" else _radii(l2_eps if a == "pgd_l2" else eps)
         if any(r < 0 for r in radii):
             raise EmbedlabError(f"{a}: radii must be ≥ 0, got {radii}")
         grids[a] = sorted(set(radii))

@@ -281,6 +281,8 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
     inp = Inputs(splits, len(src.classes), src.classes, model=src.model, device=torch.device(device),
                  test_data=src.data.split("test") if src.data is not None and "test_data" in needed else None,
                  ood=ood_x, ood_data=ood_data, progress=progress)
+    if progress:
+        _announce_cost(inp, runnable, settings)
     metrics: dict[str, Any] = {}
     plots: dict[str, Any] = {}
     extra_arrays: dict[str, np.ndarray] = {}
@@ -326,6 +328,46 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         "arrays_sha256": sha256_file(out / "arrays.npz"), "created_utc": utc_now(), "versions": versions(),
     })
     return out
+
+
+def _announce_cost(inp: Inputs, runnable: list[str], settings: dict[str, dict[str, Any]]) -> None:
+    """Before the analyses that back-propagate to the input start: one line each on stderr with their estimated time,
+    from their pass count and one measured forward+backward batch of 256 (after a warm-up pass); the other analyses
+    run on extracted embeddings in seconds to a minute."""
+    import sys
+    import time
+
+    passes = {}
+    for a in runnable:
+        count = ANALYSES.get(a).meta.get("gradient_passes")
+        n = count(inp, **settings.get(a, {})) if count is not None else 0
+        if n:
+            passes[a] = n
+    if not passes or inp.model is None or inp.test_data is None or len(inp.test_data) == 0:
+        return
+    from torch.utils.data import DataLoader, Subset
+
+    from embedlab.data import collate_batched
+
+    batch = min(256, len(inp.test_data))  # the attacks' and ODIN's default batch: per-example cost depends on it
+    x, _ = next(iter(DataLoader(Subset(inp.test_data, range(batch)), batch_size=batch, collate_fn=collate_batched)))
+    x = x.to(inp.device)
+    was = inp.model.training
+    inp.model.eval()
+    try:
+        for timed in (False, True):  # a warm-up pass first: the first call pays for allocation and kernel choice
+            xb = (x if timed else x[:8]).clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            inp.model(xb).logsumexp(1).sum().backward()
+        per = (time.perf_counter() - t0) / batch
+    except RuntimeError:
+        return  # the analysis itself will say what is wrong
+    finally:
+        inp.model.zero_grad(set_to_none=True)
+        inp.model.train(was)
+    for a, n in passes.items():
+        sys.stderr.write(f"embedlab: {a}: about {n * per:,.0f} s ({n:,} input-gradient passes at {per * 1e3:.1f} ms, "
+                         f"measured on one batch; --opt {a}.max_examples bounds it)\n")
 
 
 def analyze_path(path: str | Path, out_root: str | Path, *, device: str = "cpu", data_root: str | None = None,

@@ -330,3 +330,42 @@ def test_through_the_runner_into_results_json(cnn, digits, tmp_path):
     assert res["plots"]["robustness"]["curves"]["pgd_l2"]["x"] == [0.0, 0.5]
     with np.load(out / "arrays.npz") as arrays:
         assert arrays["robustness.correct_fgsm_linf"].shape == (2, 48)
+
+
+def test_the_cost_of_gradient_analyses_is_announced_before_they_start(tmp_path):
+    """With progress on, `analyze` prints one line per analysis that back-propagates to the input, with its pass
+    count and an estimated time, before it starts; the pass counts follow the settings."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.test_hostile_input import _checkpoint
+
+    ckpt = _checkpoint(tmp_path / "m.safetensors")
+    proc = subprocess.run([sys.executable, "-m", "embedlab", "analyze", str(ckpt), "--out", str(tmp_path / "r"),
+                           "--analyses", "robustness,accuracy", "--opt", "robustness.max_examples=100", "--opt",
+                           "robustness.eps=2,4", "--opt", "robustness.l2_eps=0.5", "--cache-dir", str(tmp_path / "c")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.replace("\r", "\n").splitlines() if ln.startswith("embedlab: ")]
+    # 100 examples x (FGSM at 2 radii + PGD-10 L-inf at 2 radii + PGD-10 L2 at 1 radius) = 100 x 32
+    assert len(lines) == 1 and re.fullmatch(r"embedlab: robustness: about [0-9,]+ s \(3,200 input-gradient passes at "
+                                            r"[0-9.]+ ms, measured on one batch; --opt robustness.max_examples bounds "
+                                            r"it\)", lines[0]), lines
+
+
+def test_single_values_from_the_command_line_are_lists(tmp_path):
+    """`--opt robustness.eps=8` arrives as one number and `--opt robustness.attacks=fgsm` as one string: both are
+    read as one-element lists (a single number was a TypeError traceback, a string was read letter by letter)."""
+    import json
+
+    from embedlab.cli import main
+    from tests.test_hostile_input import _checkpoint
+
+    ckpt = _checkpoint(tmp_path / "m.safetensors")
+    assert main(["analyze", str(ckpt), "--out", str(tmp_path / "r"), "--analyses", "robustness", "--opt",
+                 "robustness.eps=8", "--opt", "robustness.attacks=fgsm", "--opt", "robustness.max_examples=20",
+                 "--cache-dir", str(tmp_path / "c"), "--no-progress"]) == 0
+    names = [k for k in json.loads((tmp_path / "r" / "m" / "results.json").read_text())["metrics"]
+             if k.startswith("robust_acc/")]
+    assert names == ["robust_acc/fgsm_linf/eps=8/255"]
