@@ -554,9 +554,9 @@ def score_auroc(m: ModelResult, ps: PlotSet, set_name: str, score: str) -> float
     return None
 
 
-def score_histograms_figure(groups: Sequence[Group], colors: Mapping[str, str], ps: PlotSet) -> dict[str, Any] | None:
-    """Per set: ROC curves (one line per model) and ID-vs-set score histograms (one small multiple per model), for
-    every score, of which the page shows one at a time (``data-score``). The lowest seed of each model."""
+def score_axes(groups: Sequence[Group], ps: PlotSet) -> tuple[dict[str, Any], list[str], list[str]]:
+    """``(group name -> set -> score -> data, sets, scores)`` of the lowest seed of each model, sets and scores in
+    first-seen order: what both the HTML figure and the paper figures lay out."""
     per_group = {g.name: score_sets(g.first, ps) for g in groups}
     sets: list[str] = []
     scores: list[str] = []
@@ -564,6 +564,13 @@ def score_histograms_figure(groups: Sequence[Group], colors: Mapping[str, str], 
         for s, by_score in plots.items():
             sets += [s] if s not in sets else []
             scores += [sc for sc in by_score if sc not in scores]
+    return per_group, sets, scores
+
+
+def score_histograms_figure(groups: Sequence[Group], colors: Mapping[str, str], ps: PlotSet) -> dict[str, Any] | None:
+    """Per set: ROC curves (one line per model) and ID-vs-set score histograms (one small multiple per model), for
+    every score, of which the page shows one at a time (``data-score``). The lowest seed of each model."""
+    per_group, sets, scores = score_axes(groups, ps)
     if not sets:
         return None
     default = DEFAULT_SCORE if DEFAULT_SCORE in scores else scores[0]

@@ -229,13 +229,7 @@ def draw_curves(groups: Sequence[Group], colors: Mapping[str, str], ps: F.PlotSe
 
 def draw_score_histograms(groups: Sequence[Group], colors: Mapping[str, str], ps: F.PlotSet, out: _Writer) -> None:
     """Per set and score: the ROC curves of every model, then one ID-vs-set histogram (densities) per model."""
-    per_group = {g.name: F.score_sets(g.first, ps) for g in groups}
-    sets: list[str] = []
-    scores: list[str] = []
-    for plots in per_group.values():
-        for s, by_score in plots.items():
-            sets += [s] if s not in sets else []
-            scores += [sc for sc in by_score if sc not in scores]
+    per_group, sets, scores = F.score_axes(groups, ps)
     for s in sets:
         for score in scores:
             entries = [(g, per_group[g.name].get(s, {}).get(score)) for g in groups]
