@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from embedlab.config import MAX_CLASSES, parse_options
 from embedlab.errors import EmbedlabError, EmbedlabWarning
 from embedlab.io import sha256_file
-from embedlab.models import ExternalNet, _last_linear, check_embedding_method
+from embedlab.models import ExternalNet, _last_linear, check_embedding_method, external_input
 
 KINDS = ("torchvision", "timm", "factory", "torchscript", "export", "huggingface")
 
@@ -118,6 +118,33 @@ def load_weights(path: Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+class _UserNet(nn.Module):
+    """What the wrappers of programs a user brings share: the buffers and the input side of :class:`ExternalNet`
+    (:func:`embedlab.models.external_input`), and the head g, a frozen copy of the program's last linear layer or
+    None (ViM and ReAct are then skipped)."""
+
+    def __init__(self, input_shape, mean, std, resize: int | None, gray_to_rgb: bool) -> None:
+        super().__init__()
+        self.resize, self.gray_to_rgb = resize, gray_to_rgb
+        shape = (-1,) + (1,) * (len(input_shape) - 1)
+        self.register_buffer("input_mean", torch.tensor(mean or [0.0]).reshape(shape))
+        self.register_buffer("input_std", torch.tensor(std or [1.0]).reshape(shape))
+        object.__setattr__(self, "head", None)  # a copy of the program's weights, not a second copy to store
+
+    def normalise(self, x: Tensor) -> Tensor:
+        return external_input(x, self.input_mean, self.input_std, self.resize, self.gray_to_rgb)
+
+
+def _frozen_linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    """An ``nn.Linear`` holding a copy of ``weight`` (C, d) and ``bias`` (C,), without gradients."""
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        if bias is not None:
+            head.bias.copy_(bias)
+    return head.requires_grad_(False)
+
+
 class _Tap(nn.Module):
     """Identity that keeps the last tensor it saw: inserted after a node of an exported graph to read it."""
 
@@ -129,20 +156,16 @@ class _Tap(nn.Module):
 LINEAR_OPS = ("aten.linear.default", "aten.addmm.default")
 
 
-class ExportedNet(nn.Module):
+class ExportedNet(_UserNet):
     """A ``torch.export`` program as an embedlab model: logits are its output (the first one if it returns several);
     the embedding is the input of the last linear op in its graph (``embedding`` null) or output ``K`` of the
     program (``"output:K"``). With the last linear op found, its weight and bias are the head g (ViM, ReAct)."""
 
     def __init__(self, gm: nn.Module, tap: _Tap | None, output: int | None, head: nn.Linear | None, input_shape,
                  net_channels: int | None, mean, std, resize: int | None) -> None:
-        super().__init__()
-        self.net, self.tap, self.output, self.resize = gm, tap, output, resize
-        object.__setattr__(self, "head", head)  # a view of the program's weights, not a second copy to store
-        self.gray_to_rgb = net_channels == 3 and input_shape[0] == 1
-        shape = (-1,) + (1,) * (len(input_shape) - 1)
-        self.register_buffer("input_mean", torch.tensor(mean or [0.0]).reshape(shape))
-        self.register_buffer("input_std", torch.tensor(std or [1.0]).reshape(shape))
+        super().__init__(input_shape, mean, std, resize, gray_to_rgb=net_channels == 3 and input_shape[0] == 1)
+        self.net, self.tap, self.output = gm, tap, output
+        object.__setattr__(self, "head", head)
 
     @classmethod
     def load(cls, path: Path, embedding: str | None, input_shape, mean, std, resize) -> "ExportedNet":
@@ -184,12 +207,6 @@ class ExportedNet(nn.Module):
         """An exported program has no train mode (it was traced in eval mode): only this wrapper's flag changes."""
         self.training = mode
         return self
-
-    def normalise(self, x: Tensor) -> Tensor:
-        if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
-            x = nn.functional.interpolate(x, size=(self.resize, self.resize), mode="bilinear", antialias=True)
-        x = (x - self.input_mean) / self.input_std
-        return x.expand(-1, 3, *x.shape[2:]) if self.gray_to_rgb else x
 
     def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         try:
@@ -234,12 +251,7 @@ def _head_of(gm: nn.Module, node: Any) -> nn.Linear | None:
         return None
     if not isinstance(weight, Tensor) or weight.dim() != 2:
         return None
-    head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-        if bias is not None:
-            head.bias.copy_(bias)
-    return head.requires_grad_(False)
+    return _frozen_linear(weight, bias)
 
 
 def _attr(gm: nn.Module, node: Any) -> Any:
@@ -304,7 +316,7 @@ def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     return _HFLogits(net.eval()), pre
 
 
-class ScriptedNet(nn.Module):
+class ScriptedNet(_UserNet):
     """A TorchScript classifier: logits from ``forward``; the embedding from a method (``method:NAME``) or, with
     ``embed_method`` None, the input of the last linear op of ``forward``'s graph (read by a copy of that graph that
     also returns it, so a plain scripted torchvision/timm model needs no extra method). With the last linear layer
@@ -312,19 +324,13 @@ class ScriptedNet(nn.Module):
 
     def __init__(self, net: torch.jit.ScriptModule, embed_method: str | None, input_shape, mean, std,
                  resize: int | None) -> None:
-        super().__init__()
-        self.net, self.embed_method, self.resize = net, embed_method, resize
-        self._both = None
-        if embed_method is None:
-            self._both = _embedding_and_logits_function(net)
-        shape = (-1,) + (1,) * (len(input_shape) - 1)
-        self.register_buffer("input_mean", torch.tensor(mean or [0.0]).reshape(shape))
-        self.register_buffer("input_std", torch.tensor(std or [1.0]).reshape(shape))
-        object.__setattr__(self, "head", None)
         # 1-channel data into a network whose first convolution takes 3 channels: repeat the channel
         convs = [m for _, m in net.named_modules() if getattr(m, "original_name", "") == "Conv2d"]
         first = getattr(convs[0], "weight", None) if convs else None
-        self.gray_to_rgb = input_shape[0] == 1 and isinstance(first, Tensor) and first.shape[1] == 3
+        super().__init__(input_shape, mean, std, resize,
+                         gray_to_rgb=input_shape[0] == 1 and isinstance(first, Tensor) and first.shape[1] == 3)
+        self.net, self.embed_method = net, embed_method
+        self._both = _embedding_and_logits_function(net) if embed_method is None else None
 
     def find_head(self, x: Tensor) -> None:
         """The last Linear submodule whose shape maps this embedding to these logits, as the head g."""
@@ -334,20 +340,11 @@ class ScriptedNet(nn.Module):
         for m in reversed(linears):
             w = getattr(m, "weight", None)
             if isinstance(w, Tensor) and tuple(w.shape) == (logits.shape[1], z.shape[1]):
-                head = nn.Linear(w.shape[1], w.shape[0], bias=getattr(m, "bias", None) is not None)
+                head = _frozen_linear(w, getattr(m, "bias", None))
                 with torch.no_grad():
-                    head.weight.copy_(w)
-                    if head.bias is not None:
-                        head.bias.copy_(m.bias)
                     if torch.allclose(head(z), logits, atol=1e-4, rtol=1e-4):
-                        object.__setattr__(self, "head", head.requires_grad_(False))
+                        object.__setattr__(self, "head", head)
                 return
-
-    def normalise(self, x: Tensor) -> Tensor:
-        if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
-            x = nn.functional.interpolate(x, size=(self.resize, self.resize), mode="bilinear", antialias=True)
-        x = (x - self.input_mean) / self.input_std
-        return x.expand(-1, 3, *x.shape[2:]) if self.gray_to_rgb else x
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.normalise(x))

@@ -234,6 +234,15 @@ for _arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
     register_model(_arch, description=f"torchvision {_arch} (ImageNet stem, random init)")(_torchvision_resnet(_arch))
 
 
+def external_input(x: Tensor, mean: Tensor, std: Tensor, resize: int | None, gray_to_rgb: bool) -> Tensor:
+    """The input side of a model a user brings: ``x`` (B, C, H, W) in [0, 1] resized to ``resize``² (bilinear,
+    antialiased) when it differs, normalised ``(x − mean) / std``, and a single channel repeated to three."""
+    if resize and tuple(x.shape[-2:]) != (resize, resize):
+        x = nn.functional.interpolate(x, size=(resize, resize), mode="bilinear", antialias=True, align_corners=False)
+    x = (x - mean) / std
+    return x.expand(-1, 3, *x.shape[2:]) if gray_to_rgb else x
+
+
 def check_embedding_method(net: nn.Module, name: str) -> None:
     """``"embedding": "method:NAME"`` must name a method of ``net``: a submodule called on the input, or a
     missing name, would give a silently wrong "embedding" (e.g. ``method:avgpool`` pools the image itself)."""
@@ -321,11 +330,7 @@ class ExternalNet(EmbedNet):
         return seen.get("map"), seen["z"].flatten(1), logits
 
     def normalise(self, x: Tensor) -> Tensor:
-        if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
-            x = nn.functional.interpolate(x, size=(self.resize, self.resize), mode="bilinear", antialias=True,
-                                          align_corners=False)
-        x = super().normalise(x)
-        return x.expand(-1, 3, *x.shape[2:]) if self.gray_to_rgb else x
+        return external_input(x, self.input_mean, self.input_std, self.resize, self.gray_to_rgb)
 
     def features_at(self, x: Tensor, k: int) -> Tensor:
         if k != 0:
