@@ -154,28 +154,37 @@ def _noise(ds: Mapping[str, Any]) -> str | None:
     return f"{label_noise_text(noise)} (training labels only)"
 
 
+def benchmark_grid(data: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], list[str], dict[str, bool | None]]:
+    """A benchmark file's rows that hold metrics, the key metrics (:data:`BENCHMARK_METRICS`) present in any of
+    them, and each one's better direction (True: higher, False: lower, None: unknown); shared by the HTML and the
+    LaTeX tables."""
+    rows = [r for r in data.get("rows") or [] if isinstance(r, Mapping) and isinstance(r.get("metrics"), Mapping)]
+    present = [m for m in BENCHMARK_METRICS if any(m in r["metrics"] for r in rows)]
+    directions = data.get("directions") if isinstance(data.get("directions"), Mapping) else {}
+    return rows, present, {m: {"higher": True, "lower": False}.get(str(directions.get(m))) for m in present}
+
+
+def benchmark_entry(row: Mapping[str, Any], metric: str) -> Mapping[str, Any]:
+    """One method's summary of one metric (mean, std, ci95, diff_to_baseline, ...); {} when absent or malformed."""
+    e = row["metrics"].get(metric)
+    return e if isinstance(e, Mapping) else {}
+
+
 def _benchmark_tables(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """``embedlab study benchmark`` (``trainers/studies/benchmark.py``): per method the mean ± std over seeds of key
     metrics, then the paired difference to the baseline with its 95 % Student-t interval."""
-    rows = [r for r in data.get("rows") or [] if isinstance(r, Mapping) and isinstance(r.get("metrics"), Mapping)]
+    rows, present, better = benchmark_grid(data)
     if not rows:
         return []
-    present = [m for m in BENCHMARK_METRICS if any(m in r["metrics"] for r in rows)]
-    directions = data.get("directions") if isinstance(data.get("directions"), Mapping) else {}
 
     def head(m: str) -> str:
-        arrow = {"higher": " \u2191", "lower": " \u2193"}.get(str(directions.get(m)), "")
-        return m.replace("_", " ") + arrow
-
-    def entry(r: Mapping[str, Any], m: str) -> Mapping[str, Any]:
-        e = r["metrics"].get(m)
-        return e if isinstance(e, Mapping) else {}
+        return m.replace("_", " ") + {True: " \u2191", False: " \u2193", None: ""}[better[m]]
 
     means = []
     for r in rows:
         cells = [str(r.get("label", "?")), str(len(r.get("seeds_done") or []))]
         for m in present:
-            e = entry(r, m)
+            e = benchmark_entry(r, m)
             std = e.get("std")
             cells.append(f"{_num(e.get('mean'), 4)} ± {_num(std, 4)}" if isinstance(std, (int, float))
                          else _num(e.get("mean"), 4))
@@ -190,7 +199,7 @@ def _benchmark_tables(data: Mapping[str, Any]) -> list[dict[str, Any]]:
                 continue
             cells = [str(r.get("label", "?"))]
             for m in present:
-                d = entry(r, m).get("diff_to_baseline")
+                d = benchmark_entry(r, m).get("diff_to_baseline")
                 if not isinstance(d, Mapping):
                     cells.append(MISSING)
                     continue

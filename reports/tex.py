@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 from embedlab.errors import EmbedlabError
 from embedlab.reports.aggregate import group_results
 from embedlab.reports.load import ModelResult, StudyResult
-from embedlab.reports.studies import BENCHMARK_METRICS
+from embedlab.reports.studies import benchmark_entry, benchmark_grid
 from embedlab.reports.tables import MISSING, Section, Table, summary_sections
 
 __all__ = ["benchmark_tables", "render_tex", "summary_table", "tex_escape", "tex_number"]
@@ -134,32 +134,25 @@ def benchmark_tables(study: StudyResult, labels: set[str] | None = None) -> list
     differences to it with their 95 % Student-t intervals (bold: the interval excludes 0)."""
     data = study.data
     labels = set() if labels is None else labels
-    rows = [r for r in data.get("rows") or [] if isinstance(r, Mapping) and isinstance(r.get("metrics"), Mapping)]
+    rows, present, better = benchmark_grid(data)
     if not rows:
         return [f"% benchmark study {tex_escape(study.name)}: no rows", ""]
-    present = [m for m in BENCHMARK_METRICS if any(m in r["metrics"] for r in rows)]
-    directions = data.get("directions") if isinstance(data.get("directions"), Mapping) else {}
-    better = {m: {"higher": True, "lower": False}.get(str(directions.get(m))) for m in present}
     config = data.get("config") if isinstance(data.get("config"), Mapping) else {}
     dataset = tex_escape(config.get("dataset", "?"))
     key = f"{study.name} {config.get('dataset', '')}"
-
-    def entry(r: Mapping[str, Any], m: str) -> Mapping[str, Any]:
-        e = r["metrics"].get(m)
-        return e if isinstance(e, Mapping) else {}
 
     header = ["Method", r"$n$"] + [tex_escape(m) + (f" {_ARROW[better[m]]}" if better[m] is not None else "")
                                    for m in present]
     best: dict[str, float] = {}
     for m in present:
-        means = [float(f"{v:.4f}") for r in rows if (v := _num(entry(r, m).get("mean"))) is not None]
+        means = [float(f"{v:.4f}") for r in rows if (v := _num(benchmark_entry(r, m).get("mean"))) is not None]
         if better[m] is not None and len(means) >= 2:
             best[m] = max(means) if better[m] else min(means)
     body = []
     for r in rows:
         cells = [tex_escape(r.get("label", "?")), str(len(r.get("seeds_done") or []))]
         for m in present:
-            e = entry(r, m)
+            e = benchmark_entry(r, m)
             mean, std = _num(e.get("mean")), _num(e.get("std"))
             if mean is None:
                 cells.append("--")
@@ -180,7 +173,7 @@ def benchmark_tables(study: StudyResult, labels: set[str] | None = None) -> list
             continue
         cells = [tex_escape(r.get("label", "?"))]
         for m in present:
-            d = entry(r, m).get("diff_to_baseline")
+            d = benchmark_entry(r, m).get("diff_to_baseline")
             mean = _num(d.get("mean")) if isinstance(d, Mapping) else None
             if mean is None:
                 cells.append("--")
