@@ -18,6 +18,22 @@ def _results(out):
     return json.loads((out / "results.json").read_text())
 
 
+def _analyze_and_report(tmp_path, spec: str, name: str, *analyze_args: str) -> dict:
+    """``embedlab analyze SPEC ...`` then ``embedlab report`` in real processes, as a user runs them: both exit 0
+    with nothing on stderr, and the report names the model. Returns the model's results.json."""
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "embedlab"]
+    proc = subprocess.run([*run, "analyze", str(tmp_path / spec), "--out", str(tmp_path / "res"), "--cache-dir",
+                           str(tmp_path / "cache"), "--no-progress", *analyze_args], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    proc = subprocess.run([*run, "report", str(tmp_path / "res"), "-o", str(tmp_path / "r.md"), "--format", "md"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and name in (tmp_path / "r.md").read_text(), proc.stderr
+    return _results(tmp_path / "res" / name)
+
+
 def test_torchvision_arch_with_weights_file(tmp_path):
     import torchvision
 
@@ -261,9 +277,6 @@ def _export(net: nn.Module, path, dynamic: bool = True) -> None:
 def test_exported_program_through_analyze_and_report(tmp_path):
     """An exported program (.pt2) is a model kind: logits from the program, the embedding read at the input of its
     last linear layer (no surgery by the user), the head's weights found for ViM/ReAct; it needs --trust-code."""
-    import subprocess
-    import sys
-
     torch.manual_seed(0)
     net = _SmallCNN()
     _export(net, tmp_path / "cnn.pt2")
@@ -279,17 +292,9 @@ def test_exported_program_through_analyze_and_report(tmp_path):
         torch.testing.assert_close(z, net.features(x3))
         torch.testing.assert_close(logits, net(x3))
         torch.testing.assert_close(src.model.head(z), logits)
-    run = [sys.executable, "-m", "embedlab"]
-    proc = subprocess.run([*run, "analyze", str(tmp_path / "exp.json"), "--trust-code", "--out", str(tmp_path / "res"),
-                           "--analyses", "accuracy,knn,ood_logits", "--opt", "ood_logits.scores=msp,vim,react",
-                           "--cache-dir", str(tmp_path / "cache"), "--no-progress"], capture_output=True, text=True)
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    r = _results(tmp_path / "res" / "exp")
+    r = _analyze_and_report(tmp_path, "exp.json", "exp", "--trust-code", "--analyses", "accuracy,knn,ood_logits",
+                            "--opt", "ood_logits.scores=msp,vim,react")
     assert "ood/gaussian/vim/auroc" in r["metrics"] and "ood/gaussian/react/auroc" in r["metrics"]
-    proc = subprocess.run([*run, "report", str(tmp_path / "res"), "-o", str(tmp_path / "r.md"), "--format", "md"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0 and "exp" in (tmp_path / "r.md").read_text(), proc.stderr
-
 
 def test_exported_program_errors_are_one_line(tmp_path):
     torch.manual_seed(0)
@@ -324,20 +329,9 @@ def test_plain_scripted_torchvision_resnet18_needs_no_surgery(tmp_path):
         torch.testing.assert_close(logits, net(x), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(src.model.head(z), logits, atol=1e-5, rtol=1e-5)
     # and through the command line, as a user runs it: analyze (ViM and ReAct run: the head was found), then report
-    import subprocess
-    import sys
-
-    run = [sys.executable, "-m", "embedlab"]
-    proc = subprocess.run([*run, "analyze", str(tmp_path / "r18.json"), "--trust-code", "--out", str(tmp_path / "res"),
-                           "--analyses", "accuracy,ood_logits", "--opt", "ood_logits.scores=msp,vim,react",
-                           "--cache-dir", str(tmp_path / "cache"), "--no-progress"], capture_output=True, text=True)
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    r = _results(tmp_path / "res" / "r18s")
+    r = _analyze_and_report(tmp_path, "r18.json", "r18s", "--trust-code", "--analyses", "accuracy,ood_logits",
+                            "--opt", "ood_logits.scores=msp,vim,react")
     assert "ood/gaussian/vim/auroc" in r["metrics"] and not r["skipped"]
-    proc = subprocess.run([*run, "report", str(tmp_path / "res"), "-o", str(tmp_path / "r.md"), "--format", "md"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0 and "r18s" in (tmp_path / "r.md").read_text(), proc.stderr
-
 
 def test_d4_the_minimal_npz_gets_every_part_it_can(tmp_path):
     """`embeddings` + `labels` (+ `logits`) alone: clustering runs without its probe (which needs train), calibration
@@ -380,9 +374,6 @@ def _tiny_vit(folder, num_labels: int = 10):
 def test_huggingface_image_classifier_through_analyze_and_report(tmp_path):
     """A tiny randomly initialised ViT written by save_pretrained (no hub access): loaded from safetensors without
     --trust-code, preprocessed as its image processor says, the embedding is the input of its classifier head."""
-    import subprocess
-    import sys
-
     ref = _tiny_vit(tmp_path / "vit")
     spec = {"name": "vit", "kind": "huggingface", "weights": "vit", "dataset": "digits"}
     (tmp_path / "vit.json").write_text(json.dumps(spec))
@@ -395,16 +386,8 @@ def test_huggingface_image_classifier_through_analyze_and_report(tmp_path):
         out = ref(pixel_values=pixels, output_hidden_states=False)
         torch.testing.assert_close(logits, out.logits, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(z, ref.vit(pixel_values=pixels).last_hidden_state[:, 0], atol=1e-5, rtol=1e-5)
-    run = [sys.executable, "-m", "embedlab"]
-    proc = subprocess.run([*run, "analyze", str(tmp_path / "vit.json"), "--out", str(tmp_path / "res"), "--analyses",
-                           "accuracy,knn,align_uniform,calibration", "--cache-dir", str(tmp_path / "cache"),
-                           "--no-progress"], capture_output=True, text=True)
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert 0.0 <= _results(tmp_path / "res" / "vit")["metrics"]["accuracy"]["value"] <= 1.0
-    proc = subprocess.run([*run, "report", str(tmp_path / "res"), "-o", str(tmp_path / "r.md"), "--format", "md"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0 and "vit" in (tmp_path / "r.md").read_text(), proc.stderr
-
+    r = _analyze_and_report(tmp_path, "vit.json", "vit", "--analyses", "accuracy,knn,align_uniform,calibration")
+    assert 0.0 <= r["metrics"]["accuracy"]["value"] <= 1.0
 
 def test_huggingface_folder_errors_are_one_line(tmp_path):
     _tiny_vit(tmp_path / "vit", num_labels=3)
