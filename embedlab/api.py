@@ -305,9 +305,9 @@ def evaluate(source: Any = None, *, out: str | os.PathLike[str] | None = None,
     ``settings``: ``{analysis: {key: value}}`` (as ``--opt``); ``out``: the results root (default: a temporary
     folder owned by the returned object). ``trust_code``: allow model specs that run code (factory, TorchScript).
     """
-    from embedlab.analyses.runner import analyze_source, check_settings, open_source, select_analyses
+    from embedlab.analyses.runner import analyze_source, check_settings, open_source
 
-    chosen = select_analyses(analyses if isinstance(analyses, str) else ",".join(analyses))
+    chosen = _chosen_analyses(analyses)
     settings = {str(k): dict(v) for k, v in (settings or {}).items()}
     check_settings(settings, chosen)
     dev = resolve_device(device)
@@ -344,6 +344,13 @@ def evaluate(source: Any = None, *, out: str | os.PathLike[str] | None = None,
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
         raise
+
+
+def _chosen_analyses(analyses: str | Sequence[str]) -> list[str]:
+    """``"all"``, ``"a,b"`` or ``["a", "b"]`` as the list of registered analysis names (unknown: one line)."""
+    from embedlab.analyses.runner import select_analyses
+
+    return select_analyses(analyses if isinstance(analyses, str) else ",".join(analyses))
 
 
 def _is_module(obj: Any) -> bool:
@@ -511,7 +518,7 @@ def study(name: str, out: str | os.PathLike[str], **options: Any) -> dict[str, A
 
     entry = STUDIES.get(name)
     if entry.meta.get("analyses"):
-        options.setdefault("analyze", _study_analyzer(Path(out), options))
+        options.setdefault("analyze", _study_analyzer(Path(out), entry.meta["filename"], options))
     return entry.obj(out_dir=Path(out), **options)
 
 
@@ -523,21 +530,20 @@ def study_table(name: str, data: Mapping[str, Any]) -> str:
     return table(data) if table else ""
 
 
-def _study_analyzer(out: Path, options: dict[str, Any]):
+def _study_analyzer(out: Path, filename: str, options: dict[str, Any]):
     """The analysis callback of studies that analyse their runs: reuses results of the same weights and
     analyses, else runs them (the composition a study cannot do itself: trainers never import analyses)."""
-    from embedlab.analyses.runner import analyze_source, check_settings, open_source, select_analyses
+    from embedlab.analyses.runner import analyze_source, check_settings, open_source
     from embedlab.io import sha256_file
 
-    chosen = select_analyses(options.get("analyses", "all") if isinstance(options.get("analyses", "all"), str)
-                             else ",".join(options["analyses"]))
+    chosen = _chosen_analyses(options.get("analyses", "all"))
     options["analyses"] = chosen
     settings = {k: dict(v) for k, v in (options.get("analysis_settings") or {}).items()}
     options["analysis_settings"] = settings
     check_settings(settings, chosen)
     device = resolve_device(options.get("device", "auto"))
     progress = options.get("progress", True)
-    previous = _read_json(out / options.get("filename", "benchmark.json"))
+    previous = _read_json(out / filename)  # the study's own file: what it analysed, and with which settings
     same = previous.get("analyses") == chosen and previous.get("analysis_settings", {}) == settings
 
     def analyze(ckpt: Path, name: str) -> Path:
