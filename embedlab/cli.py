@@ -275,13 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
              "(cached by model content hash, dataset and split), run the analyses, and write "
              "OUT/<run name>/results.json and arrays.npz.")
     an.add_argument("models", nargs="*", metavar="MODEL",
-                    help="run directories or .safetensors checkpoints; external models as a JSON spec (.json: "
-                         "torchvision/timm architecture + weights, TorchScript, or package.module:factory); "
-                         "precomputed embeddings as .npz (embeddings, labels, optional logits)")
+                    help="run directories or .safetensors checkpoints; external models as a JSON spec (.json, kind: "
+                         "torchvision/timm architecture + weights, an exported program (.pt2, torch.export), a "
+                         "Hugging Face save_pretrained folder, TorchScript, or package.module:factory); precomputed "
+                         "embeddings as .npz (embeddings, labels, optional logits, classes)")
     an.add_argument("--out", required=True, help="results directory")
     an.add_argument("--analyses", default="all", help="'all' or a comma-separated list (see `embedlab list analyses`)")
     an.add_argument("--opt", action="append", metavar="ANALYSIS.KEY=VALUE",
-                    help="an analysis setting, e.g. knn.k=50, robustness.max_examples=500 (repeatable)")
+                    help="an analysis setting, e.g. knn.k=50, robustness.max_examples=1000 (attacked images, default "
+                         "500), ood.max_examples=5000 (ODIN inputs per set, default 2000) (repeatable)")
     an.add_argument("--ood", metavar="SETS",
                     help="OOD sets for the ood analyses, comma-separated: gaussian, uniform, heldout (models trained "
                          "with --data-opt classes=...), or a dataset name read from --data-root "
@@ -291,9 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--data-root", help="override the dataset root recorded in the checkpoint")
     an.add_argument("--force", action="store_true", help="replace results of a different model with the same name")
     an.add_argument("--trust-code", action="store_true",
-                    help="allow model specs of kind factory (imports and calls package.module:function) and "
-                         "torchscript (runs the TorchScript file): loading them runs their code, so pass this only "
-                         "for code you trust; without it such specs are refused")
+                    help="allow model specs of kind factory (imports and calls package.module:function), "
+                         "torchscript (runs the TorchScript file) and export (torch.export.load unpickles parts of "
+                         "the .pt2): loading them can run their code, so pass this only for files you trust; "
+                         "without it such specs are refused")
     an.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     r = add("report", cmd_report, "write a self-contained comparative HTML report",
