@@ -50,7 +50,7 @@ class Source:
     @property
     def has_logits(self) -> bool:
         if self.model is not None:
-            return True
+            return getattr(self.model, "has_logits", True)  # a text encoder has none
         return bool(self.arrays) and all(a.logits is not None for a in self.arrays.values())
 
 
@@ -102,7 +102,7 @@ CODE_KINDS = {"factory": "imports and calls the Python function {arch!r}",
 def open_spec(path: str | Path, device: str, data_root: str | None, trust_code: bool = False) -> Source:
     """An external model described by a JSON spec (see :mod:`embedlab.external`). Kinds ``factory`` and
     ``torchscript`` run code from outside embedlab when loaded: only with ``trust_code`` (``--trust-code``)."""
-    from embedlab.external import build_external, read_spec
+    from embedlab.external import build_external, is_sentence_encoder, read_spec
 
     p = Path(path)
     spec = read_spec(p)
@@ -110,6 +110,9 @@ def open_spec(path: str | Path, device: str, data_root: str | None, trust_code: 
         raise EmbedlabError(f"model spec {p}: kind {spec.kind!r} " + CODE_KINDS[spec.kind].format(
             arch=spec.arch, weights=spec.weights) + "; refusing without --trust-code (pass it only for code you trust)")
     spec_root = spec.data_root and str(p.parent / Path(spec.data_root).expanduser())  # relative to the spec, as weights
+    if spec.dataset == "text" or (spec.kind == "huggingface" and spec.weights
+                                  and is_sentence_encoder(p.parent / Path(spec.weights).expanduser())):
+        return _open_text_spec(spec, p, device, data_root or spec_root)
     data, noise = _clean(create_dataset(spec.dataset, data_root or spec_root, False, **spec.dataset_options))
     model, sha = build_external(spec, data.info.input_shape, data.info.num_classes, p.parent)
     with torch.no_grad():
@@ -121,6 +124,29 @@ def open_spec(path: str | Path, device: str, data_root: str | None, trust_code: 
     meta = {"external": dataclasses.asdict(spec), "model": {"name": f"{spec.kind}:{spec.arch or p.stem}"},
             "method": {"name": "external", "options": {}}, "dataset": {"name": spec.dataset}}
     return Source(spec.name, p, sha, meta, data.info.classes, model=model.to(device), data=data, label_noise=noise)
+
+
+def _open_text_spec(spec: Any, p: Path, device: str, root: str | None) -> Source:
+    """A sentence-transformers encoder (``kind: huggingface``) on a text dataset given as files
+    (``dataset: text``, see :mod:`embedlab.text`): embeddings only, no logits and no input gradients."""
+    from embedlab.external import build_text_encoder, is_sentence_encoder
+    from embedlab.text import TextData
+
+    folder = p.parent / Path(spec.weights).expanduser() if spec.weights else None
+    if spec.kind != "huggingface" or folder is None or not is_sentence_encoder(folder):
+        raise EmbedlabError(f"model spec {p}: dataset 'text' is read by text encoders: kind 'huggingface' with "
+                            f"'weights' a sentence-transformers folder (one with modules.json)")
+    if spec.dataset != "text":
+        raise EmbedlabError(f"model spec {p}: {folder} is a sentence-transformers text encoder; give \"dataset\": "
+                            f"\"text\" and \"data_root\": a folder of train/test .jsonl, .csv or .tsv files")
+    if not root:
+        raise EmbedlabError(f"model spec {p}: dataset 'text' needs \"data_root\" (a folder holding test.jsonl and "
+                            f"train.jsonl, or .csv/.tsv) or --data-root")
+    data = TextData(root, **spec.dataset_options)
+    model, sha = build_text_encoder(spec, p.parent)
+    meta = {"external": dataclasses.asdict(spec), "model": {"name": f"huggingface:{Path(spec.weights).name}"},
+            "method": {"name": "external", "options": {}}, "dataset": {"name": data.info.name}}
+    return Source(spec.name, p, sha, meta, data.info.classes, model=model.to(device), data=data)
 
 
 def open_arrays(path: str | Path) -> Source:
@@ -178,10 +204,14 @@ def _resolve_needs(src: Source, needs: tuple[str, ...]) -> str | None:
             return "the model provides no logits (embeddings only)"
         if need in ("model", "test_data", "ood_data") and src.model is None:
             return "needs the model itself (precomputed embeddings cannot be attacked or back-propagated)"
+        if need in ("model", "test_data", "ood_data") and not getattr(src.model, "input_gradients", True):
+            return "needs gradients with respect to the inputs, and the inputs are text"
         if need in ("train", "val", "test") and src.model is None and need not in src.arrays:
             return f"no {need} split in the precomputed arrays"
-        if need in ("ood", "ood_data") and src.data is None:
-            return "no dataset to draw OOD sets for"
+        if need in ("train", "val", "test") and src.data is not None and need not in src.data.splits:
+            return f"no {need} split in the dataset"
+        if need in ("ood", "ood_data") and (src.data is None or src.data.info.input_shape == ()):
+            return "no dataset to draw OOD sets for" if src.data is None else "no OOD sets for text datasets"
     return None
 
 

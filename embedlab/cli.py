@@ -277,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("models", nargs="*", metavar="MODEL",
                     help="run directories or .safetensors checkpoints; external models as a JSON spec (.json, kind: "
                          "torchvision/timm architecture + weights, an exported program (.pt2, torch.export), a "
-                         "Hugging Face save_pretrained folder, TorchScript, or package.module:factory); precomputed "
+                         "Hugging Face save_pretrained folder of an image classifier, or a sentence-transformers "
+                         "folder on a text dataset given as train/test .jsonl/.csv/.tsv files (dataset: text), "
+                         "TorchScript, or package.module:factory); precomputed "
                          "embeddings as .npz (embeddings, labels, optional logits, classes)")
     an.add_argument("--out", required=True, help="results directory")
     an.add_argument("--analyses", default="all", help="'all' or a comma-separated list (see `embedlab list analyses`)")

@@ -71,6 +71,7 @@ class DataSource:
     """A registered dataset: ``info`` plus ``split(name, augment)`` returning a torch ``Dataset``."""
 
     info: DatasetInfo
+    splits: tuple[str, ...] = SPLITS  # the splits it has (a text dataset may lack train or val)
 
     def split(self, name: str, augment: bool = False) -> Dataset:  # pragma: no cover - interface
         raise NotImplementedError

@@ -11,7 +11,8 @@ embedding is read::
 ``kind``: ``torchvision`` / ``timm`` (architecture by name), ``factory`` (``arch`` = ``package.module:function``
 returning an ``nn.Module``), ``torchscript`` (``weights`` is a TorchScript file), ``export`` (``weights`` is an
 exported program, ``torch.export.save``: the recommended way to hand over any model), ``huggingface`` (``weights``
-is a local ``save_pretrained`` folder of a transformers image classifier; needs ``embedlab[hf]``). ``embedding``: null (the input of
+is a local ``save_pretrained`` folder of a transformers image classifier, or a sentence-transformers folder on a
+``text`` dataset, see :mod:`embedlab.text`; needs ``embedlab[hf]``). ``embedding``: null (the input of
 the last linear layer), a module name (its output, flattened) or ``method:NAME`` (``model.NAME(x)``, e.g.
 ``method:forward_features``). Weights load with ``torch.load(weights_only=True)`` or safetensors, so a weights file
 never executes code. TorchScript files and ``factory`` modules *are* code: use them only for models you trust.
@@ -316,6 +317,88 @@ def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     return _HFLogits(net.eval()), pre
 
 
+def is_sentence_encoder(folder: Path) -> bool:
+    """A sentence-transformers folder (``SentenceTransformer.save``): it lists its modules in ``modules.json``."""
+    return folder.is_dir() and (folder / "modules.json").is_file()
+
+
+class SentenceEncoder(nn.Module):
+    """A sentence-transformers text encoder as an embedlab model without a classifier: ``embed_and_logits(texts)``
+    returns ``(z, None)``, z ``(N, d)`` either the sentence embedding ``SentenceTransformer.encode`` gives (its own
+    pooling and normalisation; ``embedding`` null) or, with ``"hidden_state:K"``, the attention-mask mean of the
+    underlying transformer's hidden state K (0 = the token embeddings, L = the last layer):
+    ``z_n = Σ_t m_nt h^K_nt / Σ_t m_nt``. There are no logits (analyses that need them are skipped) and no input
+    gradients (the inputs are text)."""
+
+    has_logits = False
+    input_gradients = False
+
+    def __init__(self, st: nn.Module, layer: int | None) -> None:
+        super().__init__()
+        self.st, self.layer = st, layer
+        object.__setattr__(self, "head", None)
+
+    def forward(self, texts: list[str]) -> Tensor:
+        raise EmbedlabError("a text encoder has no classifier: it gives embeddings only")
+
+    def embed_and_logits(self, texts: list[str]) -> tuple[Tensor, None]:
+        texts = list(texts)
+        if self.layer is None:
+            z = self.st.encode(texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False)
+            return z.float(), None
+        features = self.st.preprocess(texts)
+        device = next(self.st.parameters()).device
+        ids, mask = features["input_ids"].to(device), features["attention_mask"].to(device)
+        hidden = self.st[0].auto_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        if not -len(hidden) <= self.layer < len(hidden):
+            raise EmbedlabError(f"\"embedding\": \"hidden_state:{self.layer}\" but the model has hidden states 0 .. "
+                                f"{len(hidden) - 1}")
+        m = mask.unsqueeze(-1).to(hidden[self.layer].dtype)
+        return ((hidden[self.layer] * m).sum(1) / m.sum(1).clamp_min(1.0)).float(), None
+
+
+def load_sentence_encoder(folder: Path, embedding: str | None) -> SentenceEncoder:
+    """A local sentence-transformers folder, loaded with ``trust_remote_code`` off and no hub access: from version
+    6.0 sentence-transformers refuses a module class outside its own package without it, transformers reads the
+    weights from safetensors (``use_safetensors``), and a Dense layer's torch file loads with ``weights_only``."""
+    try:
+        from importlib.metadata import version
+
+        import sentence_transformers
+        import transformers
+    except ImportError:
+        raise EmbedlabError("a sentence-transformers folder needs sentence-transformers: "
+                            "pip install 'embedlab[hf]'") from None
+    if int(version("sentence-transformers").split(".")[0]) < 6:
+        raise EmbedlabError(f"embedlab reads sentence-transformers folders with sentence-transformers >= 6.0 (which "
+                            f"refuses module classes from outside its package); found "
+                            f"{version('sentence-transformers')}: pip install 'embedlab[hf]'")
+    layer = None
+    if embedding is not None:
+        if not (embedding.startswith("hidden_state:") and embedding[13:].lstrip("-").isdigit()):
+            raise EmbedlabError(f"\"embedding\" of a sentence-transformers model must be null (its sentence "
+                                f"embedding) or \"hidden_state:K\" (the mean of hidden state K over the tokens), got "
+                                f"{embedding!r}")
+        layer = int(embedding[13:])
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            st = sentence_transformers.SentenceTransformer(str(folder), device="cpu", local_files_only=True,
+                                                           trust_remote_code=False,
+                                                           model_kwargs={"use_safetensors": True})
+    except (OSError, ValueError, KeyError, ImportError, TypeError) as e:
+        msg = " ".join(str(e).split())
+        if "not part of Sentence Transformers" in msg:  # sentence-transformers' refusal: name the class, not the URL
+            msg = (msg.split(". Importing")[0] + "; importing it would run code, and embedlab never passes "
+                   "trust_remote_code")
+        raise EmbedlabError(f"cannot load the sentence-transformers model in {folder}: {msg[:400]}") from None
+    if layer is not None and not hasattr(st[0], "auto_model"):
+        raise EmbedlabError(f"\"embedding\": \"{embedding}\": the first module of {folder} is not a transformer")
+    return SentenceEncoder(st.eval(), layer)
+
+
 class ScriptedNet(_UserNet):
     """A TorchScript classifier: logits from ``forward``; the embedding from a method (``method:NAME``) or, with
     ``embed_method`` None, the input of the last linear op of ``forward``'s graph (read by a copy of that graph that
@@ -386,14 +469,7 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
     """The model described by ``spec`` with its weights loaded, and a content hash for the extraction cache."""
     pre = parse_options(Preprocess, spec.preprocess, "preprocess")
     weights = (base_dir / Path(spec.weights).expanduser()) if spec.weights else None
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str).encode())
-    if weights is not None:
-        if not weights.exists():
-            raise EmbedlabError(f"weights file not found: {weights}")
-        for f in sorted(weights.rglob("*")) if weights.is_dir() else [weights]:  # a save_pretrained folder: all
-            if f.is_file():
-                h.update(str(f.relative_to(weights) if weights.is_dir() else f.name).encode())
-                h.update(sha256_file(f).encode())
+    h = _content_hash(spec, weights)
     n_cls = spec.num_classes or num_classes
     if spec.kind == "huggingface":
         net, hf_pre = load_huggingface(weights)
@@ -438,6 +514,29 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
                             gray_to_rgb=input_shape[0] == 1 and spec.kind != "factory", resize=pre.size,
                             embedding=spec.embedding)
     return model.eval(), h.hexdigest()
+
+
+def _content_hash(spec: ModelSpec, weights: Path | None) -> Any:
+    """SHA-256 over the spec and every weights file (all files of a ``save_pretrained`` folder): the cache key."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str).encode())
+    if weights is not None:
+        if not weights.exists():
+            raise EmbedlabError(f"weights file not found: {weights}")
+        for f in sorted(weights.rglob("*")) if weights.is_dir() else [weights]:
+            if f.is_file():
+                h.update(str(f.relative_to(weights) if weights.is_dir() else f.name).encode())
+                h.update(sha256_file(f).encode())
+    return h
+
+
+def build_text_encoder(spec: ModelSpec, base_dir: Path) -> tuple[SentenceEncoder, str]:
+    """The sentence-transformers encoder of a ``huggingface`` spec on a ``text`` dataset, and its content hash."""
+    if spec.preprocess:
+        raise EmbedlabError("\"preprocess\" sets image size and normalisation; a text encoder tokenises as its "
+                            "folder says (leave preprocess out)")
+    weights = base_dir / Path(str(spec.weights)).expanduser()
+    h = _content_hash(spec, weights)
+    return load_sentence_encoder(weights, spec.embedding), h.hexdigest()
 
 
 def _instantiate(spec: ModelSpec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:

@@ -50,7 +50,8 @@ def default_cache_dir() -> Path:
 def extract(model: torch.nn.Module, dataset: Dataset, out_dir: str | Path | None = None, *,
             device: torch.device | str = "cpu", batch_size: int = 512, num_workers: int = 0,
             progress: bool = False, desc: str = "extract") -> Extracted:
-    """Run ``(z, logits) = model.embed_and_logits(x)`` over ``dataset`` in order.
+    """Run ``(z, logits) = model.embed_and_logits(x)`` over ``dataset`` in order (``logits`` None: a model without
+    a classifier, e.g. a text encoder; then no logits are stored).
 
     With ``out_dir`` the arrays are streamed into ``out_dir/{embeddings,logits,labels}.npy`` and returned
     memory-mapped; without it they are gathered in memory.
@@ -67,10 +68,11 @@ def extract(model: torch.nn.Module, dataset: Dataset, out_dir: str | Path | None
     pos = 0
     try:
         for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-            with autocast:
-                z, logits = model.embed_and_logits(x.to(device, non_blocking=True))
-            batch = {"embeddings": z.float().cpu().numpy(), "logits": logits.float().cpu().numpy(),
-                     "labels": torch.as_tensor(y).long().cpu().numpy()}
+            with autocast:  # x: an input batch, or a list of strings for a text encoder
+                z, logits = model.embed_and_logits(x.to(device, non_blocking=True) if torch.is_tensor(x) else x)
+            batch = {"embeddings": z.float().cpu().numpy(), "labels": torch.as_tensor(y).long().cpu().numpy()}
+            if logits is not None:  # an encoder without a classifier gives none
+                batch["logits"] = logits.float().cpu().numpy()
             if not arrays:
                 for k, v in batch.items():
                     shape = (n, *v.shape[1:])
@@ -86,7 +88,7 @@ def extract(model: torch.nn.Module, dataset: Dataset, out_dir: str | Path | None
     for a in arrays.values():
         if isinstance(a, np.memmap):
             a.flush()
-    return Extracted(arrays["embeddings"], arrays["logits"], arrays["labels"])
+    return Extracted(arrays["embeddings"], arrays.get("logits"), arrays["labels"])
 
 
 def _allocated_memmap(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
@@ -120,8 +122,10 @@ def read_entry(entry: Path, verify: bool = True) -> Extracted | None:
     """Open a complete cache entry memory-mapped; None if it is missing, partial or corrupted."""
     try:
         done = json.loads((entry / "done.json").read_text())
-        out = {}
+        out: dict[str, Any] = {"logits": None}  # an encoder without a classifier has no logits file
         for k in FIELDS:
+            if k == "logits" and k not in done:
+                continue
             path = entry / f"{k}.npy"
             if verify and sha256_file(path) != done[k]["sha256"]:
                 return None
@@ -149,7 +153,7 @@ def cached_extract(model: torch.nn.Module, model_sha256: str, dataset_desc: dict
         del out
         atomic_write_json(tmp / "done.json", {k: {"sha256": sha256_file(tmp / f"{k}.npy"),
                                                   "shape": list(np.load(tmp / f"{k}.npy", mmap_mode="r").shape)}
-                                              for k in FIELDS})
+                                              for k in FIELDS if (tmp / f"{k}.npy").exists()})
         shutil.rmtree(entry, ignore_errors=True)
         os.replace(tmp, entry)
     except BaseException:

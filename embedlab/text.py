@@ -1,0 +1,143 @@
+"""Text datasets given as files, for text encoders (a sentence-transformers folder in a model spec).
+
+A folder holds one file per split, ``train``, ``test`` (required) and optional ``val``, each as ``.jsonl``
+(one JSON object per line), ``.csv`` or ``.tsv`` (with a header row), with a text field and a label field::
+
+    reviews/train.jsonl   {"text": "a gripping film", "label": "pos"}
+    reviews/test.jsonl    {"text": "two hours lost", "label": "neg"}
+
+Labels are class names (strings) or integers. The classes are the labels of all splits together, in numeric order
+when every label is a whole number and in sorted string order otherwise; class ``i`` is the ``i``-th of them.
+Nothing is carved from the training file: a text encoder has no classifier, so nothing needs a validation split.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from embedlab.config import MAX_CLASSES, parse_options
+from embedlab.data import SPLITS, DataSource, DatasetInfo
+from embedlab.errors import EmbedlabError
+from embedlab.io import sha256_file
+
+SUFFIXES = (".jsonl", ".csv", ".tsv")
+
+
+@dataclasses.dataclass
+class TextOptions:
+    """``dataset_options`` of a text dataset: the names of the text and label fields."""
+
+    text_field: str = "text"
+    label_field: str = "label"
+
+
+class Texts(Dataset):
+    """``(text, label)`` pairs; a batch of them collates to ``(list of str, LongTensor)``."""
+
+    def __init__(self, texts: list[str], labels: np.ndarray) -> None:
+        self.texts, self.labels = texts, labels
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> tuple[str, int]:
+        return self.texts[i], int(self.labels[i])
+
+    def __getitems__(self, idx: list[int]) -> tuple[list[str], torch.Tensor]:
+        return [self.texts[i] for i in idx], torch.as_tensor(self.labels[idx], dtype=torch.long)
+
+
+class TextData(DataSource):
+    """The split files of a text folder (see the module doc), read once; ``splits`` are those present."""
+
+    def __init__(self, root: str | Path, **options: Any) -> None:
+        opts = parse_options(TextOptions, options, "text dataset", strict=True)
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise EmbedlabError(f"text dataset {folder}: not a folder (expected train.jsonl, test.jsonl, optional "
+                                f"val.jsonl; or .csv/.tsv)")
+        files: dict[str, Path] = {}
+        for split in SPLITS:
+            found = [folder / f"{split}{s}" for s in SUFFIXES if (folder / f"{split}{s}").is_file()]
+            if len(found) > 1:
+                raise EmbedlabError(f"text dataset {folder}: both {found[0].name} and {found[1].name}; keep one")
+            if found:
+                files[split] = found[0]
+        if "test" not in files:
+            raise EmbedlabError(f"text dataset {folder}: no test file (test.jsonl, test.csv or test.tsv)")
+        rows = {split: _read_rows(path, opts) for split, path in files.items()}
+        raw = [label for texts_labels in rows.values() for _, label in texts_labels]
+        classes = _class_names(raw, folder)
+        index = {name: i for i, name in enumerate(classes)}
+        self._splits = {split: Texts([t for t, _ in r], np.array([index[str(lab)] for _, lab in r], dtype=np.int64))
+                        for split, r in rows.items()}
+        self.splits = tuple(s for s in SPLITS if s in files)
+        self.files = files
+        self.options = dataclasses.asdict(opts)
+        self.info = DatasetInfo(f"text:{folder.resolve().name}", classes, (), None, None, default_model="",
+                                is_image=False)
+
+    def split(self, name: str, augment: bool = False) -> Dataset:
+        self._check_split(name)
+        if name not in self._splits:
+            raise EmbedlabError(f"text dataset: no {name} file in {self.files['test'].parent}")
+        return self._splits[name]
+
+    def describe(self) -> dict[str, Any]:
+        """The name, options and each split file's SHA-256 (the extraction cache's key: edited files re-encode)."""
+        return {"name": self.info.name, "options": self.options,
+                "files": {s: {"name": p.name, "sha256": sha256_file(p)} for s, p in self.files.items()}}
+
+
+def _read_rows(path: Path, opts: TextOptions) -> list[tuple[str, Any]]:
+    """``(text, label)`` of every row of one split file; one line naming the file and row for a bad row."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            if path.suffix == ".jsonl":
+                records = []
+                for n, line in enumerate(fh, 1):
+                    if line.strip():
+                        try:
+                            records.append((n, json.loads(line)))
+                        except json.JSONDecodeError as e:
+                            raise EmbedlabError(f"{path}: line {n} is not JSON ({e.msg})") from None
+            else:
+                reader = csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ",")
+                records = [(n, r) for n, r in enumerate(reader, 2)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise EmbedlabError(f"cannot read text dataset file {path}: {e}") from None
+    except RecursionError:
+        raise EmbedlabError(f"cannot read text dataset file {path}: JSON nested too deeply") from None
+    if not records:
+        raise EmbedlabError(f"{path}: no rows")
+    rows = []
+    for n, rec in records:
+        if not isinstance(rec, dict) or opts.text_field not in rec or opts.label_field not in rec:
+            raise EmbedlabError(f"{path}: row {n} has no {opts.text_field!r} and {opts.label_field!r} fields (set "
+                                f"dataset_options text_field / label_field to the names your file uses)")
+        text, label = rec[opts.text_field], rec[opts.label_field]
+        if not isinstance(text, str):
+            raise EmbedlabError(f"{path}: row {n}: {opts.text_field!r} must be a string, got {type(text).__name__}")
+        if isinstance(label, bool) or not isinstance(label, (str, int)) or (isinstance(label, str) and not label):
+            raise EmbedlabError(f"{path}: row {n}: {opts.label_field!r} must be a class name or an integer, got "
+                                f"{label!r}")
+        rows.append((text, label))
+    return rows
+
+
+def _class_names(labels: list[Any], folder: Path) -> tuple[str, ...]:
+    """The distinct labels as class names: numeric order when all are whole numbers, else sorted strings."""
+    names = {str(label) for label in labels}
+    if len(names) > MAX_CLASSES:
+        raise EmbedlabError(f"text dataset {folder}: {len(names)} classes; embedlab reads at most {MAX_CLASSES}")
+    try:
+        return tuple(sorted(names, key=int))
+    except ValueError:
+        return tuple(sorted(names))
