@@ -115,9 +115,18 @@ def open_spec(path: str | Path, device: str, data_root: str | None, trust_code: 
         return _open_text_spec(spec, p, device, data_root or spec_root)
     data, noise = _clean(create_dataset(spec.dataset, data_root or spec_root, False, **spec.dataset_options))
     model, sha = build_external(spec, data.info.input_shape, data.info.num_classes, p.parent)
-    with torch.no_grad():
-        x = data.split("test")[0][0].unsqueeze(0)
-        n_out = model(x).shape[-1]
+    x = data.split("test")[0][0].unsqueeze(0)
+    try:
+        with torch.no_grad():
+            if getattr(model, "has_logits", True):
+                n_out = model(x).shape[-1]
+            else:  # an encoder without a classifier
+                model.embed_and_logits(x)
+                n_out = data.info.num_classes
+    except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EmbedlabError(f"{p}: the model cannot run on {spec.dataset!r} inputs of shape {tuple(x.shape)}: "
+                            f"{msg}") from None
     if n_out != data.info.num_classes:
         raise EmbedlabError(f"{p}: model outputs {n_out} classes but dataset {spec.dataset!r} has "
                             f"{data.info.num_classes}")

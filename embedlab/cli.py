@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("models", nargs="*", metavar="MODEL",
                     help="run directories or .safetensors checkpoints; external models as a JSON spec (.json, kind: "
                          "torchvision/timm architecture + weights, an exported program (.pt2, torch.export), a "
-                         "Hugging Face save_pretrained folder of an image classifier, or a sentence-transformers "
+                         "Hugging Face save_pretrained folder of an image classifier or encoder, or a sentence-transformers "
                          "folder on a text dataset given as train/test .jsonl/.csv/.tsv files (dataset: text), "
                          "TorchScript, or package.module:factory); precomputed "
                          "embeddings as .npz (embeddings, labels, optional logits, classes)")

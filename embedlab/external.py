@@ -275,14 +275,16 @@ class _HFLogits(nn.Module):
         return self.model(pixel_values=x).logits
 
 
-def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """A local ``save_pretrained`` folder of a transformers image classifier (ViT, DINOv2, ConvNeXt, ... with an
-    image-classification head) and its image processor's preprocessing. Weights are read from safetensors only and
-    no remote code is run (``trust_remote_code`` stays off), so loading executes nothing from the folder; nothing
-    is fetched from the hub. The embedding is the input of the classification head."""
+def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any], bool]:
+    """A local ``save_pretrained`` folder of a transformers image model and its image processor's preprocessing:
+    an image classifier (ViT, DINOv2, ConvNeXt, ... ``ForImageClassification``) or an image encoder without a head
+    (``ViTModel``, ``Dinov2Model``, ``CLIPVisionModel(WithProjection)``, ...: the class ``config.architectures``
+    names, looked up in the transformers package only). Weights are read from safetensors only and no remote code is
+    run (``trust_remote_code`` stays off), so loading executes nothing from the folder; nothing is fetched from the
+    hub. Returns the model, the preprocessing and whether it is a classifier."""
     try:
         import transformers
-        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
     except ImportError:
         raise EmbedlabError("kind 'huggingface' needs transformers: pip install 'embedlab[hf]'") from None
     if not folder.is_dir() or not (folder / "config.json").is_file():
@@ -291,12 +293,17 @@ def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     transformers.utils.logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-        net = AutoModelForImageClassification.from_pretrained(folder, local_files_only=True, use_safetensors=True,
-                                                              trust_remote_code=False)
+        archs = list(getattr(config, "architectures", None) or [])
+        classifier = any(a.endswith("ForImageClassification") for a in archs)
+        cls = AutoModelForImageClassification if classifier else getattr(transformers, archs[0], None) if archs \
+            else None
+        if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
+            cls = AutoModel
+        net = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         msg = " ".join(str(e).split())[:300]
-        raise EmbedlabError(f"cannot load the transformers image classifier in {folder}: {msg} (embedlab reads "
-                            f"models with an image-classification head saved as safetensors)") from None
+        raise EmbedlabError(f"cannot load the transformers image model in {folder}: {msg} (embedlab reads image "
+                            f"classifiers and image encoders saved as safetensors)") from None
     pre: dict[str, Any] = {"channels": getattr(config, "num_channels", None)}
     if (folder / "preprocessor_config.json").is_file():
         try:
@@ -314,7 +321,55 @@ def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
             pre["size"] = int(side) if side else None
     if pre.get("size") is None and getattr(config, "image_size", None):
         pre["size"] = int(config.image_size)
-    return _HFLogits(net.eval()), pre
+    return net.eval(), pre, classifier
+
+
+class HFImageNet(_UserNet):
+    """A transformers image model read at a hidden state or as an encoder without a classifier: ``z`` is hidden
+    state K averaged over its positions (``"hidden_state:K"``; tokens ``(N, T, D)`` → mean over T, feature maps
+    ``(N, C, H, W)`` → mean over H, W) or, with ``embedding`` null, the encoder's pooled output (``image_embeds``,
+    else ``pooler_output``, else the mean of ``last_hidden_state`` over positions). Logits are the classifier's, or
+    None for an encoder (analyses that need logits are skipped). There is no head g (ViM and ReAct are skipped):
+    z is not the input of a linear classifier here."""
+
+    def __init__(self, net: nn.Module, classifier: bool, layer: int | None, input_shape, mean, std,
+                 resize: int | None, channels: int | None) -> None:
+        super().__init__(input_shape, mean, std, resize, gray_to_rgb=input_shape[0] == 1 and channels == 3)
+        self.net, self.layer, self.has_logits = net, layer, classifier
+
+    def _out(self, x: Tensor) -> Any:
+        return self.net(pixel_values=self.normalise(x), output_hidden_states=self.layer is not None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.has_logits:
+            raise EmbedlabError("this transformers image encoder has no classifier: it gives embeddings only")
+        return self._out(x).logits
+
+    def embed_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        out = self._out(x)
+        if self.layer is not None:
+            hidden = out.hidden_states
+            if not -len(hidden) <= self.layer < len(hidden):
+                raise EmbedlabError(f"\"embedding\": \"hidden_state:{self.layer}\" but the model has hidden states "
+                                    f"0 .. {len(hidden) - 1}")
+            z = _mean_over_positions(hidden[self.layer])
+        else:
+            pooled = next((getattr(out, k) for k in ("image_embeds", "pooler_output")
+                           if getattr(out, k, None) is not None), None)
+            z = pooled.flatten(1) if pooled is not None else _mean_over_positions(out.last_hidden_state)
+        return z, (out.logits if self.has_logits else None)
+
+
+def _mean_over_positions(h: Tensor) -> Tensor:
+    """``(N, T, D)`` → mean over T; ``(N, C, H, W)`` → mean over H, W; ``(N, D)`` as it is."""
+    return h.mean(1) if h.dim() == 3 else h.mean((2, 3)) if h.dim() == 4 else h.flatten(1)
+
+
+def _hidden_state_layer(embedding: str | None) -> int | None:
+    """K of ``"hidden_state:K"`` (negative counts from the last), None for anything else."""
+    if embedding and embedding.startswith("hidden_state:") and embedding[13:].lstrip("-").isdigit():
+        return int(embedding[13:])
+    return None
 
 
 def is_sentence_encoder(folder: Path) -> bool:
@@ -472,12 +527,23 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
     h = _content_hash(spec, weights)
     n_cls = spec.num_classes or num_classes
     if spec.kind == "huggingface":
-        net, hf_pre = load_huggingface(weights)
+        net, hf_pre, classifier = load_huggingface(weights)
         size = pre.size or hf_pre.get("size")
         mean, std = pre.mean or hf_pre.get("mean"), pre.std or hf_pre.get("std")
         channels = hf_pre.get("channels")
-        model = ExternalNet(net, _last_linear(net, n_cls), input_shape, mean, std,
-                            gray_to_rgb=input_shape[0] == 1 and channels == 3, resize=size, embedding=spec.embedding)
+        layer = _hidden_state_layer(spec.embedding)
+        if classifier and layer is None:  # the input of the classification head, or a module's output
+            logits_net = _HFLogits(net)
+            model = ExternalNet(logits_net, _last_linear(logits_net, n_cls), input_shape, mean, std,
+                                gray_to_rgb=input_shape[0] == 1 and channels == 3, resize=size,
+                                embedding=f"model.{spec.embedding}" if spec.embedding and not
+                                spec.embedding.startswith("method:") else spec.embedding)  # transformers' names
+        else:
+            if spec.embedding is not None and layer is None:
+                raise EmbedlabError(f"\"embedding\" of a transformers image encoder must be null (its pooled "
+                                    f"output) or \"hidden_state:K\" (hidden state K averaged over positions), got "
+                                    f"{spec.embedding!r}")
+            model = HFImageNet(net, classifier, layer, input_shape, mean, std, size, channels)
         return model.eval(), h.hexdigest()
     if spec.kind == "export":
         model = ExportedNet.load(weights, spec.embedding, input_shape, pre.mean, pre.std, pre.size)

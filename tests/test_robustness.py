@@ -94,7 +94,7 @@ def _values(out) -> dict[str, float]:
 
 def test_registered_with_needs_and_metric_names(result):
     entry = ANALYSES.get("robustness")
-    assert entry.meta["needs"] == ("model", "test_data")
+    assert entry.meta["needs"] == ("model", "test_data", "logits")  # attacks are on the classifier
     expected = {"clean_acc_subset"}
     expected |= {f"robust_acc/{a}/eps={e:g}/255" for a in ("fgsm_linf", "pgd_linf") for e in LINF_GRID}
     expected |= {f"robust_acc/pgd_l2/eps={e:g}" for e in L2_GRID}
