@@ -240,3 +240,20 @@ def test_a_module_class_from_the_folder_is_refused_and_never_imported(tmp_path, 
     with pytest.raises(EmbedlabError, match="evil_module.Pooling.*would run code.*never passes trust_remote_code"):
         open_source(_spec(tmp_path, folder))
     assert not marker.exists()
+
+
+def test_weights_are_read_from_safetensors_only(tmp_path, encoder):
+    """A folder whose transformer weights are a pickle (pytorch_model.bin) is refused, not unpickled."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from embedlab.analyses.runner import open_source
+
+    folder = tmp_path / "bin"
+    shutil.copytree(encoder, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    _write_texts(tmp_path / "texts", splits=(("test", 4),))
+    with pytest.raises(EmbedlabError, match="no file named model.safetensors"):
+        open_source(_spec(tmp_path, folder))
