@@ -45,9 +45,12 @@ def calibration(inp: Inputs, n_bins: Annotated[int, AT_LEAST_1] = DEFAULT_BINS,
         metrics[name] = metric(value, False, "calibration", table=BEFORE, column=name,
                                key={"metric": name, "scaled": False}, **_SETTINGS[name](n_bins))
     diagrams = {BEFORE: reliability_diagram(logits, labels, n_bins=n_bins)}
-    if "val" not in inp.splits:  # the metrics of the raw logits still stand; T needs held-out data to be fitted on
+    val = inp.splits.get("val")
+    if val is None or val.logits is None:  # the metrics of the raw logits still stand; T needs held-out logits
+        why = ("needs a val split (T is fitted by NLL on val, not on test)" if val is None else
+               "needs the val split's logits (T is fitted by NLL on val, not on test); the val split has none")
         return Output(metrics, plots={"kind": "reliability", "title": "Reliability diagrams", "diagrams": diagrams},
-                      skipped={"temperature_scaling": "needs a val split (T is fitted by NLL on val, not on test)"})
+                      skipped={"temperature_scaling": why})
     temperature = fit_temperature(inp.t("val", "logits"), inp.t("val", "labels"), t_min=t_min, t_max=t_max)
     scaled = logits.to(torch.float64) / temperature
     for name, value in calibration_metrics(scaled, labels, n_bins=n_bins).items():

@@ -196,12 +196,21 @@ def _tensor(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(a, copy=True))
 
 
+def _embedding_head(model: nn.Module | None) -> nn.Module | None:
+    """The classifier g as ViM and ReAct use it: a linear layer mapping the model's embedding z to its logits, or None.
+    ``model.embedding_head`` where the model has one (an external network read at another embedding keeps its last
+    linear layer as ``head`` for training, but it is not the classifier of that z), else ``model.head``."""
+    if model is None:
+        return None
+    return getattr(model, "embedding_head", getattr(model, "head", None))
+
+
 def _evaluate(inp: Inputs, analysis: str, scores: Any, allow_grad: bool, options: dict[str, Any]) -> Output:
     """Shared body of ``ood`` and ``ood_logits``: fit each score on train, score test and every OOD set, metrics."""
     names = _select(scores, allow_grad, analysis)
     if not inp.ood:
         return Output(plots={"kind": "score_histograms", "conventions": CONVENTIONS, "skipped_scores": {}, "sets": {}})
-    head = getattr(inp.model, "head", None) if inp.model is not None else None
+    head = _embedding_head(inp.model)
     train = inp.splits["train"]
     fit = FitInputs(_tensor(train.embeddings), _tensor(train.labels), inp.num_classes,
                     weight=None if head is None else head.weight.detach().cpu(),
@@ -214,6 +223,7 @@ def _evaluate(inp: Inputs, analysis: str, scores: Any, allow_grad: bool, options
         if meta["needs_head"] and head is None:
             skipped[n] = ("needs the classifier g's weight and bias: " + (
                 "no model was given (precomputed arrays)" if inp.model is None else
+                getattr(inp.model, "no_head_reason", None) or
                 f"the model ({type(inp.model).__name__}) exposes no linear classifier (a TorchScript program hides "
                 f"it; give the architecture and weights as a torchvision/timm/factory spec instead)"))
             continue

@@ -5,8 +5,10 @@ computes each input once (extraction of a split, OOD sets, …), calls every ana
 why the others were skipped. Metric maths lives in pure functions; analyses only wire inputs to them.
 
 Needs (strings): ``"train"``, ``"val"``, ``"test"`` (extracted splits: embeddings, labels, and logits when the model
-has a classifier), ``"logits"`` (the splits carry logits), ``"model"`` (the nn.Module, for gradients/attacks),
-``"test_data"`` (the raw test inputs in [0, 1]), ``"ood"`` (extracted OOD sets), ``"ood_data"`` (their raw inputs).
+has a classifier), ``"logits"`` (the test split carries logits; an analysis reading another split's logits checks
+that they are there: a precomputed array may give test logits only), ``"model"`` (the nn.Module, for
+gradients/attacks), ``"test_data"`` (the raw test inputs in [0, 1]), ``"ood"`` (extracted OOD sets), ``"ood_data"``
+(their raw inputs).
 
 Discovery: importing ``embedlab.analyses`` imports no analysis. On the first lookup or listing of :data:`ANALYSES`,
 every module of the ``embedlab.analyses`` package is imported (except this one and the runner) and then every Python

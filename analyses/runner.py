@@ -49,9 +49,12 @@ class Source:
 
     @property
     def has_logits(self) -> bool:
+        """Whether the test split has logits (need ``"logits"``): every analysis needing them reads the test split's;
+        one that also reads another split's (calibration's temperature, fitted on val) checks that split itself."""
         if self.model is not None:
             return getattr(self.model, "has_logits", True)  # a text encoder has none
-        return bool(self.arrays) and all(a.logits is not None for a in self.arrays.values())
+        test = self.arrays.get("test")
+        return test is not None and test.logits is not None
 
 
 def select_analyses(spec: str) -> list[str]:
@@ -210,6 +213,10 @@ def _resolve_needs(src: Source, needs: tuple[str, ...]) -> str | None:
     """Why ``src`` cannot satisfy ``needs`` (None when it can)."""
     for need in needs:
         if need == "logits" and not src.has_logits:
+            others = [k for k, a in src.arrays.items() if a.logits is not None]
+            if src.model is None and others:
+                return (f"the test split has no logits (only {', '.join(others)} ha{'s' if len(others) == 1 else 've'}"
+                        f" them; give test_logits, or logits)")
             return "the model provides no logits (embeddings only)"
         if need in ("model", "test_data", "ood_data") and src.model is None:
             return "needs the model itself (precomputed embeddings cannot be attacked or back-propagated)"

@@ -14,8 +14,12 @@ exported program, ``torch.export.save``: the recommended way to hand over any mo
 is a local ``save_pretrained`` folder of a transformers image classifier, or a sentence-transformers folder on a
 ``text`` dataset, see :mod:`embedlab.text`; needs ``embedlab[hf]``). ``embedding``: null (the input of
 the last linear layer), a module name (its output, flattened) or ``method:NAME`` (``model.NAME(x)``, e.g.
-``method:forward_features``). Weights load with ``torch.load(weights_only=True)`` or safetensors, so a weights file
-never executes code. TorchScript files and ``factory`` modules *are* code: use them only for models you trust.
+``method:forward_features``). ViM and ReAct use the classifier's weights on the embedding: they run only where the
+model's last linear layer maps this embedding to its logits (checked once on a random batch), and are skipped with
+the reason otherwise. 1-channel data is repeated to three channels only for a network whose first convolution takes
+three (timm's ``"factory_kwargs": {"in_chans": 1}`` reads it as it is). Weights load with
+``torch.load(weights_only=True)`` or safetensors, so a weights file never executes code. TorchScript files and
+``factory`` modules *are* code: use them only for models you trust.
 """
 from __future__ import annotations
 
@@ -36,7 +40,15 @@ from torch import Tensor, nn
 from embedlab.config import MAX_CLASSES, parse_options
 from embedlab.errors import EmbedlabError, EmbedlabWarning
 from embedlab.io import sha256_file
-from embedlab.models import ExternalNet, _last_linear, check_embedding_method, external_input
+from embedlab.models import (
+    ExternalNet,
+    _last_linear,
+    check_embedding_method,
+    external_input,
+    first_conv_channels,
+    head_maps,
+    head_mismatch,
+)
 
 KINDS = ("torchvision", "timm", "factory", "torchscript", "export", "huggingface")
 
@@ -121,8 +133,11 @@ def load_weights(path: Path) -> dict[str, Tensor]:
 
 class _UserNet(nn.Module):
     """What the wrappers of programs a user brings share: the buffers and the input side of :class:`ExternalNet`
-    (:func:`embedlab.models.external_input`), and the head g, a frozen copy of the program's last linear layer or
-    None (ViM and ReAct are then skipped)."""
+    (:func:`embedlab.models.external_input`), and the head g, a frozen copy of the program's last linear layer, kept
+    only where it maps the embedding to the logits, or None (ViM and ReAct are then skipped, with
+    ``no_head_reason`` where the wrapper knows it)."""
+
+    no_head_reason: str | None = None
 
     def __init__(self, input_shape, mean, std, resize: int | None, gray_to_rgb: bool) -> None:
         super().__init__()
@@ -134,6 +149,22 @@ class _UserNet(nn.Module):
 
     def normalise(self, x: Tensor) -> Tensor:
         return external_input(x, self.input_mean, self.input_std, self.resize, self.gray_to_rgb)
+
+    def check_head(self, x: Tensor, reason: str) -> None:
+        """Keep the head only if it maps the embedding to the logits on the batch ``x``; else None, and
+        ``no_head_reason`` is ``reason`` and why. A program that cannot run on ``x`` keeps it: open_spec's check
+        then says what is wrong in one line."""
+        if self.head is None:
+            return
+        try:
+            with torch.no_grad():
+                z, logits = self.embed_and_logits(x)
+        except (RuntimeError, ValueError, AssertionError, EmbedlabError):
+            return
+        why = head_mismatch(self.head, z, logits)
+        if why is not None:
+            object.__setattr__(self, "head", None)
+            self.no_head_reason = f"{reason}: {why}"
 
 
 def _frozen_linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
@@ -160,7 +191,8 @@ LINEAR_OPS = ("aten.linear.default", "aten.addmm.default")
 class ExportedNet(_UserNet):
     """A ``torch.export`` program as an embedlab model: logits are its output (the first one if it returns several);
     the embedding is the input of the last linear op in its graph (``embedding`` null) or output ``K`` of the
-    program (``"output:K"``). With the last linear op found, its weight and bias are the head g (ViM, ReAct)."""
+    program (``"output:K"``). With the last linear op found, its weight and bias are the head g (ViM, ReAct) where it
+    maps that embedding to the logits (checked once on a dummy batch)."""
 
     def __init__(self, gm: nn.Module, tap: _Tap | None, output: int | None, head: nn.Linear | None, input_shape,
                  net_channels: int | None, mean, std, resize: int | None) -> None:
@@ -202,7 +234,14 @@ class ExportedNet(_UserNet):
         else:
             raise EmbedlabError(f"\"embedding\" of an exported program must be null (the input of its last linear "
                                 f"layer) or \"output:K\", got {embedding!r}")
-        return cls(gm, tap, output, head, input_shape, channels, mean, std, resize)
+        model = cls(gm, tap, output, head, input_shape, channels, mean, std, resize)
+        if head is None:
+            model.no_head_reason = ("the exported program has no linear op whose weight and bias are attributes of "
+                                    "its graph (the classifier g)")
+        where = "the input of that op" if output is None else f"read at \"{embedding}\""
+        model.check_head(torch.rand(2, *input_shape), f"the exported program's last linear op does not map the "
+                                                      f"embedding ({where}) to its logits")
+        return model
 
     def train(self, mode: bool = True) -> "ExportedNet":
         """An exported program has no train mode (it was traced in eval mode): only this wrapper's flag changes."""
@@ -336,6 +375,9 @@ class HFImageNet(_UserNet):
                  resize: int | None, channels: int | None) -> None:
         super().__init__(input_shape, mean, std, resize, gray_to_rgb=input_shape[0] == 1 and channels == 3)
         self.net, self.layer, self.has_logits = net, layer, classifier
+        self.no_head_reason = (f"the embedding is hidden state {layer} averaged over positions, not the input of the "
+                               f"classifier g (\"embedding\": null reads its input)" if classifier else
+                               "an image encoder without a classifier has no g")
 
     def _out(self, x: Tensor) -> Any:
         return self.net(pixel_values=self.normalise(x), output_hidden_states=self.layer is not None)
@@ -479,9 +521,8 @@ class ScriptedNet(_UserNet):
             w = getattr(m, "weight", None)
             if isinstance(w, Tensor) and tuple(w.shape) == (logits.shape[1], z.shape[1]):
                 head = _frozen_linear(w, getattr(m, "bias", None))
-                with torch.no_grad():
-                    if torch.allclose(head(z), logits, atol=1e-4, rtol=1e-4):
-                        object.__setattr__(self, "head", head)
+                if head_maps(head, z, logits):
+                    object.__setattr__(self, "head", head)
                 return
 
     def forward(self, x: Tensor) -> Tensor:
@@ -576,8 +617,10 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
                 raise EmbedlabError(f"weights {weights} do not match {spec.arch!r}: "
                                     f"{' '.join(str(e).strip().splitlines()[0:2])}") from None
         head = net.get_classifier() if spec.kind == "timm" else _last_linear(net, n_cls)
+        # 1-channel data into a network whose first convolution takes 3 channels: repeat the channel (timm's
+        # in_chans=1, or a factory's own 1-channel stem, take the data as it is)
         model = ExternalNet(net, head, input_shape, pre.mean, pre.std,
-                            gray_to_rgb=input_shape[0] == 1 and spec.kind != "factory", resize=pre.size,
+                            gray_to_rgb=input_shape[0] == 1 and first_conv_channels(net) == 3, resize=pre.size,
                             embedding=spec.embedding)
     return model.eval(), h.hexdigest()
 

@@ -267,6 +267,10 @@ class ExternalNet(EmbedNet):
     forward pre-hook, and ``g(z)`` equals the model's logits. If the input of the last ``AdaptiveAvgPool2d`` averages
     to z (checked once on a dummy batch), that map is the unpooled feature map for Dense MultiMix. Manifold mixup
     mixes at depth 0 (the input) or at any named submodule (``--mix-layer layer2``).
+
+    An analysed model may read z elsewhere (``embedding``: a module's output or ``method:NAME``); ``head`` stays the
+    network's g (training, :meth:`forward_head`), and :attr:`embedding_head` is g only where it maps *this* z to the
+    logits (checked once on the same dummy batch), else None with :attr:`no_head_reason`: what ViM and ReAct read.
     """
 
     def __init__(self, net: nn.Module, head: nn.Linear, input_shape: Sequence[int], mean=None, std=None,
@@ -288,22 +292,43 @@ class ExternalNet(EmbedNet):
         object.__setattr__(self, "head", head)
         self._pool = next((m for m in reversed(list(net.modules()))
                            if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))), None)
-        self._dense = False
-        if self._pool is not None:
-            with torch.no_grad():
-                was = net.training
-                net.eval()
-                try:
-                    fmap, z, _ = self._capture(torch.rand(2, *input_shape), want_map=True)
-                except RuntimeError as e:
-                    from embedlab.errors import EmbedlabError
+        self._dense, self._head_mismatch = False, "not checked (built without data)"
+        if any(t.is_meta for t in net.parameters()):  # a shell to check a checkpoint's shapes against: no data flows
+            return
+        with torch.no_grad():  # one dummy batch: the Dense MultiMix map and whether g maps z to the logits
+            was = net.training
+            net.eval()
+            try:
+                fmap, z, logits = self._capture(torch.rand(2, *input_shape), want_map=True)
+            except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:  # timm asserts sizes
+                from embedlab.errors import EmbedlabError
 
-                    msg = str(e).strip().splitlines()[0]
-                    raise EmbedlabError(f"{type(net).__name__} cannot run on inputs of shape {tuple(input_shape)}: "
-                                        f"{msg}") from None
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise EmbedlabError(f"{type(net).__name__} cannot run on inputs of shape {tuple(input_shape)}: "
+                                    f"{msg}") from None
+            finally:
                 net.train(was)
-            self._dense = (fmap is not None and fmap.dim() == 4 and fmap.shape[1] == z.shape[1]
-                           and torch.allclose(fmap.mean((2, 3)), z, atol=1e-4))
+        self._dense = (fmap is not None and fmap.dim() == 4 and fmap.shape[1] == z.shape[1]
+                       and torch.allclose(fmap.mean((2, 3)), z, atol=1e-4))
+        self._head_mismatch = head_mismatch(head, z, logits)
+
+    @property
+    def embedding_head(self) -> nn.Linear | None:
+        """g where it maps this model's embedding to its logits (``g(z)`` = logits on a dummy batch), else None:
+        the head ViM and ReAct use. ``head`` itself is the network's g whatever the embedding (training)."""
+        return self.head if self._head_mismatch is None else None
+
+    @property
+    def no_head_reason(self) -> str | None:
+        """Why :attr:`embedding_head` is None (None when it is not)."""
+        if self._head_mismatch is None:
+            return None
+        where = ("the input of that layer" if self.embedding is None else
+                 f"read by \"{self.embedding}\"" if self.embedding.startswith("method:") else
+                 f"read at \"{self.embedding}\"")
+        return (f"the model's last linear layer does not map the embedding ({where}) to its logits: "
+                f"{self._head_mismatch}" + ("" if self.embedding is None else
+                                            "; \"embedding\": null reads that layer's input"))
 
     @property
     def supports_dense(self) -> bool:
@@ -365,6 +390,36 @@ class ExternalNet(EmbedNet):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.normalise(x))
+
+
+def head_mismatch(head: nn.Module | None, z: Tensor, logits: Tensor | None) -> str | None:
+    """Why the linear layer ``head`` does not map embeddings ``z`` (N, d) to ``logits`` (N, C), or None when it does:
+    its weight is (C, d) and ``head(z)`` equals the logits (atol = rtol = 1e-4). Only such a head may stand for the
+    classifier g of z (ViM and ReAct use its weight and bias on z)."""
+    w = getattr(head, "weight", None)
+    if not isinstance(head, nn.Linear) or not isinstance(w, Tensor):
+        return "it is not a linear layer"
+    if logits is None or logits.dim() != 2 or z.dim() != 2:
+        return "there are no (N, C) logits to compare with"
+    if tuple(w.shape) != (logits.shape[1], z.shape[1]):
+        return (f"it maps {w.shape[1]} to {w.shape[0]} dimensions, the embedding has {z.shape[1]} and the logits "
+                f"{logits.shape[1]}")
+    with torch.no_grad():
+        out = head(z.to(w.dtype))
+    if not torch.allclose(out, logits.to(out.dtype), atol=1e-4, rtol=1e-4):
+        return "g(z) differs from the logits on a random batch"
+    return None
+
+
+def head_maps(head: nn.Module | None, z: Tensor, logits: Tensor | None) -> bool:
+    """Whether ``head`` maps ``z`` to ``logits`` (see :func:`head_mismatch`)."""
+    return head_mismatch(head, z, logits) is None
+
+
+def first_conv_channels(net: nn.Module) -> int | None:
+    """The input channels of the first ``Conv2d`` of ``net`` (in module order), None without one."""
+    conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else int(conv.in_channels)
 
 
 def _last_linear(net: nn.Module, num_classes: int) -> nn.Linear:

@@ -398,3 +398,157 @@ def test_huggingface_folder_errors_are_one_line(tmp_path):
         (tmp_path / "v.json").write_text(json.dumps(spec))
         with pytest.raises(EmbedlabError, match=message):
             open_source(tmp_path / "v.json")
+
+
+# ------------------------------------------------------------------------------------- README examples: three bugs
+def _spec(tmp_path, **spec) -> str:
+    (tmp_path / f"{spec['name']}.json").write_text(json.dumps({"dataset": "digits", **spec}))
+    return f"{spec['name']}.json"
+
+
+def test_a_head_that_does_not_map_the_embedding_to_the_logits_is_not_used(tmp_path):
+    """ViM and ReAct use g's weight and bias on z: only a head with g(z) = logits may be used. resnet18 read at
+    "layer3" (z of another width: crashed with a size mismatch) and timm convnext_atto read by
+    method:forward_features (its fc follows a LayerNorm: silently wrong numbers) have none for the analyses, and
+    the skip reason says why; the network's head stays for training and its own g(z) (embedding null)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pth")
+    for spec in (dict(name="r18l3", kind="torchvision", arch="resnet18", weights="r18.pth", embedding="layer3",
+                      preprocess={"size": 32}),
+                 dict(name="cx", kind="timm", arch="convnext_atto", embedding="method:forward_features",
+                      preprocess={"size": 32})):
+        if spec["kind"] == "timm":
+            pytest.importorskip("timm")
+        src = open_source(tmp_path / _spec(tmp_path, **spec))
+        assert src.model.head is not None  # the network's g: untouched (training, forward_head)
+        out = analyze_path(tmp_path / f"{spec['name']}.json", tmp_path / "res", analyses=["accuracy", "ood_logits"],
+                           cache_dir=tmp_path / "cache", progress=False,
+                           settings={"ood_logits": {"scores": "msp,mahalanobis,vim,react"}})
+        r = _results(out)
+        assert "ood/gaussian/msp/auroc" in r["metrics"] and "ood/gaussian/mahalanobis/auroc" in r["metrics"]
+        for score in ("vim", "react"):
+            assert f"ood/gaussian/{score}/auroc" not in r["metrics"], spec["name"]
+            why = r["skipped"][f"ood_logits.{score}"]
+            assert "does not map the embedding" in why and spec["embedding"] in why, why
+    # embedding null: g's input is the embedding, so the head maps it and ViM/ReAct run
+    r = _results(analyze_path(tmp_path / _spec(tmp_path, name="r18", kind="torchvision", arch="resnet18",
+                                                weights="r18.pth", preprocess={"size": 32}),
+                              tmp_path / "res", analyses=["ood_logits"], cache_dir=tmp_path / "cache",
+                              progress=False, settings={"ood_logits": {"scores": "vim,react"}}))
+    assert "ood/gaussian/vim/auroc" in r["metrics"] and "ood/gaussian/react/auroc" in r["metrics"] and not r["skipped"]
+
+
+def test_the_default_analyses_of_resnet18_read_at_layer3_run_from_the_command_line(tmp_path):
+    """`embedlab analyze` with the default analyses (ood among them) on resnet18 at "layer3": exit 0 (was a
+    size-mismatch traceback from ViM)."""
+    import subprocess
+    import sys
+
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pth")
+    spec = _spec(tmp_path, name="r18l3", kind="torchvision", arch="resnet18", weights="r18.pth", embedding="layer3",
+                 preprocess={"size": 32})
+    proc = subprocess.run([sys.executable, "-m", "embedlab", "analyze", str(tmp_path / spec), "--out",
+                           str(tmp_path / "res"), "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+                           "--analyses", "accuracy,ood", "--opt", "ood.max_examples=50"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    r = _results(tmp_path / "res" / "r18l3")
+    assert "ood/gaussian/odin/auroc" in r["metrics"] and "does not map" in r["skipped"]["ood.vim"]
+
+
+class _PostScaled(nn.Module):
+    """A program whose logits are not its last linear layer's output: 2·fc(z) + 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        z = self.features(x)
+        return 2 * self.fc(z) + 1, z
+
+
+def test_an_exported_program_keeps_its_head_only_where_it_maps_the_embedding(tmp_path):
+    torch.manual_seed(0)
+    _export(_PostScaled(), tmp_path / "post.pt2")
+    for embedding in (None, "output:1"):
+        src = open_source(tmp_path / _spec(tmp_path, name="post", kind="export", weights="post.pt2",
+                                           embedding=embedding), trust_code=True)
+        assert src.model.head is None and "does not map the embedding" in src.model.no_head_reason
+    _export(_SmallCNN(), tmp_path / "cnn.pt2")  # logits = fc(z): the head stays
+    src = open_source(tmp_path / _spec(tmp_path, name="cnn", kind="export", weights="cnn.pt2"), trust_code=True)
+    assert src.model.head is not None
+
+
+def test_timm_with_one_input_channel_reads_one_channel_data(tmp_path):
+    """`"factory_kwargs": {"in_chans": 1}` on digits: the 1-channel data goes in as it is (it was repeated to 3
+    channels for every timm/torchvision model and refused); a 3-channel torchvision resnet18 still gets it repeated."""
+    pytest.importorskip("timm")
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet18", num_classes=10, in_chans=1).state_dict(), tmp_path / "t1.pth")
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pth")
+    for spec in (dict(name="t1", kind="timm", arch="resnet18", weights="t1.pth", factory_kwargs={"in_chans": 1}),
+                 dict(name="cx1", kind="timm", arch="convnext_atto", factory_kwargs={"in_chans": 1},
+                      preprocess={"size": 32}),
+                 dict(name="r18", kind="torchvision", arch="resnet18", weights="r18.pth")):
+        src = open_source(tmp_path / _spec(tmp_path, **spec))
+        assert src.model.gray_to_rgb is (spec["kind"] == "torchvision"), spec["name"]
+        r = _results(analyze_path(tmp_path / f"{spec['name']}.json", tmp_path / "res", analyses=["accuracy"],
+                                  cache_dir=tmp_path / "cache", progress=False))
+        assert 0.0 <= r["metrics"]["accuracy"]["value"] <= 1.0 and not r["skipped"]
+
+
+def _test_logits_only_npz(tmp_path, val: bool = False):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    z = rng.normal(size=(90, 8)) + 4 * np.eye(8)[y]
+    logits = 3 * np.eye(3)[y] + rng.normal(size=(90, 3))
+    extra = {"val_embeddings": z, "val_labels": y} if val else {}
+    np.savez(tmp_path / "t.npz", train_embeddings=z, train_labels=y, test_embeddings=z, test_labels=y,
+             test_logits=logits, **extra)
+    return tmp_path / "t.npz"
+
+
+@pytest.mark.parametrize("val", [False, True])
+def test_npz_with_test_logits_only_runs_the_analyses_that_read_them(tmp_path, val):
+    """Logits for the test split alone (train, and val, without): accuracy, calibration (without temperature scaling:
+    T is fitted on val's logits) and embedding_mmlb run; nothing reads the train split's logits."""
+    path = _test_logits_only_npz(tmp_path, val)
+    r = _results(analyze_path(path, tmp_path / "res", analyses=["accuracy", "calibration", "embedding_mmlb", "knn",
+                                                                "ood_logits"], progress=False))
+    assert r["metrics"]["accuracy"]["value"] > 0.5
+    assert {"ece", "nll", "embedding_mmlb", "knn_accuracy"} <= set(r["metrics"]) and "ece_ts" not in r["metrics"]
+    why = r["skipped"]["calibration.temperature_scaling"]
+    assert ("val split's logits" in why) if val else ("needs a val split" in why), why
+    assert r["skipped"]["ood_logits"] == "no dataset to draw OOD sets for"
+    assert set(r["skipped"]) == {"calibration.temperature_scaling", "ood_logits"}
+
+
+def test_npz_with_logits_but_not_for_test_says_so(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(20) % 2
+    z = rng.normal(size=(20, 4))
+    np.savez(tmp_path / "t.npz", train_embeddings=z, train_labels=y, train_logits=rng.normal(size=(20, 2)),
+             test_embeddings=z, test_labels=y)
+    r = _results(analyze_path(tmp_path / "t.npz", tmp_path / "res", analyses=["accuracy"], progress=False))
+    assert "test split" in r["skipped"]["accuracy"] and "no logits" in r["skipped"]["accuracy"]
+
+
+def test_analyze_all_on_an_npz_with_test_logits_only_exits_0(tmp_path):
+    import subprocess
+    import sys
+
+    path = _test_logits_only_npz(tmp_path, val=True)
+    proc = subprocess.run([sys.executable, "-m", "embedlab", "analyze", str(path), "--out", str(tmp_path / "res"),
+                           "--analyses", "all", "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    r = _results(tmp_path / "res" / "t")
+    assert "accuracy" in r["metrics"] and "ece" in r["metrics"] and "accuracy" not in r["skipped"]
