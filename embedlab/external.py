@@ -429,6 +429,7 @@ class SentenceEncoder(nn.Module):
 
     has_logits = False
     input_gradients = False
+    batch_size = 32  # texts per forward pass within one extraction chunk (sentence-transformers' default)
 
     def __init__(self, st: nn.Module, layer: int | None) -> None:
         super().__init__()
@@ -441,8 +442,17 @@ class SentenceEncoder(nn.Module):
     def embed_and_logits(self, texts: list[str]) -> tuple[Tensor, None]:
         texts = list(texts)
         if self.layer is None:
-            z = self.st.encode(texts, batch_size=len(texts), convert_to_tensor=True, show_progress_bar=False)
+            # encode sorts the texts by length and runs batches of 32 (its default): little padding
+            z = self.st.encode(texts, batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False)
             return z.float(), None
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # by length, as encode does: less padding
+        out = [self._hidden_mean([texts[i] for i in order[s:s + self.batch_size]])
+               for s in range(0, len(texts), self.batch_size)]
+        z = torch.empty(len(texts), out[0].shape[1], dtype=torch.float32, device=out[0].device)
+        z[torch.as_tensor(order, device=z.device)] = torch.cat(out)
+        return z, None
+
+    def _hidden_mean(self, texts: list[str]) -> Tensor:
         features = self.st.preprocess(texts)
         device = next(self.st.parameters()).device
         ids, mask = features["input_ids"].to(device), features["attention_mask"].to(device)
@@ -451,7 +461,7 @@ class SentenceEncoder(nn.Module):
             raise EmbedlabError(f"\"embedding\": \"hidden_state:{self.layer}\" but the model has hidden states 0 .. "
                                 f"{len(hidden) - 1}")
         m = mask.unsqueeze(-1).to(hidden[self.layer].dtype)
-        return ((hidden[self.layer] * m).sum(1) / m.sum(1).clamp_min(1.0)).float(), None
+        return ((hidden[self.layer] * m).sum(1) / m.sum(1).clamp_min(1.0)).float()
 
 
 def load_sentence_encoder(folder: Path, embedding: str | None) -> SentenceEncoder:
@@ -493,7 +503,7 @@ def load_sentence_encoder(folder: Path, embedding: str | None) -> SentenceEncode
         raise EmbedlabError(f"cannot load the sentence-transformers model in {folder}: {msg[:400]}") from None
     if layer is not None and not hasattr(st[0], "auto_model"):
         raise EmbedlabError(f"\"embedding\": \"{embedding}\": the first module of {folder} is not a transformer")
-    return SentenceEncoder(st.eval(), layer)
+    return SentenceEncoder(st, layer).eval()
 
 
 class ScriptedNet(_UserNet):

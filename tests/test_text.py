@@ -257,3 +257,22 @@ def test_weights_are_read_from_safetensors_only(tmp_path, encoder):
     _write_texts(tmp_path / "texts", splits=(("test", 4),))
     with pytest.raises(EmbedlabError, match="no file named model.safetensors"):
         open_source(_spec(tmp_path, folder))
+
+
+def test_texts_of_many_lengths_keep_their_order(tmp_path, encoder):
+    """Within a chunk the encoder sorts texts by length into batches of 32 (less padding) and puts the embeddings
+    back in file order: 70 texts of 1 to 12 words, both embedding paths, against one text at a time."""
+    from embedlab.analyses.runner import open_source
+    from embedlab.store import extract
+
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(WORDS, int(rng.integers(1, 13)))) for _ in range(70)]
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "test.jsonl").write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n"
+                                                           for i, t in enumerate(texts)))
+    for name, extra in (("pooled", {}), ("last", {"embedding": "hidden_state:-1"})):
+        src = open_source(_spec(tmp_path, encoder, name=name, **extra))
+        got = extract(src.model, src.data.split("test")).embeddings
+        with torch.no_grad():
+            one = np.concatenate([src.model.embed_and_logits([t])[0].numpy() for t in texts])
+        np.testing.assert_allclose(got, one, rtol=1e-4, atol=1e-5, err_msg=name)
