@@ -440,6 +440,7 @@ def test_a_head_that_does_not_map_the_embedding_to_the_logits_is_not_used(tmp_pa
     assert "ood/gaussian/vim/auroc" in r["metrics"] and "ood/gaussian/react/auroc" in r["metrics"] and not r["skipped"]
 
 
+@pytest.mark.slow  # a real process running every default analysis, about 10 s
 def test_the_default_analyses_of_resnet18_read_at_layer3_run_from_the_command_line(tmp_path):
     """`embedlab analyze` with the default analyses (ood among them) on resnet18 at "layer3": exit 0 (was a
     size-mismatch traceback from ViM)."""

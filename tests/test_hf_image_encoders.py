@@ -74,6 +74,7 @@ def test_image_encoder_embedding_is_its_pooled_output_or_a_hidden_state(tmp_path
         torch.testing.assert_close(z1, mean, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # real processes: analyze and report, about 20 s
 def test_image_encoder_through_analyze_and_report(tmp_path):
     torch.manual_seed(0)
     _save(MODELS["dinov2"](), tmp_path / "m")

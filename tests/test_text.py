@@ -72,6 +72,7 @@ def _texts(folder: Path, split: str) -> list[str]:
     return [json.loads(line)["text"] for line in (folder / f"{split}.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # real processes: analyze and report, about 20 s
 def test_sentence_encoder_through_analyze_and_report(tmp_path, encoder):
     from sentence_transformers import SentenceTransformer
 
