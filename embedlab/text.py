@@ -99,7 +99,7 @@ class TextData(DataSource):
 def _read_rows(path: Path, opts: TextOptions) -> list[tuple[str, Any]]:
     """``(text, label)`` of every row of one split file; one line naming the file and row for a bad row."""
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM (Excel's CSV) is not a field name
             if path.suffix == ".jsonl":
                 records = []
                 for n, line in enumerate(fh, 1):

@@ -161,6 +161,10 @@ def test_test_split_only_and_csv_tsv_and_integer_labels(tmp_path, encoder):
     _write_texts(tsv, suffix=".tsv")
     data = TextData(tsv)
     assert data.splits == ("train", "test") and len(data.split("train")) == 60 and data.info.classes == ("neg", "pos")
+    bom = tmp_path / "bom"  # a CSV saved by Excel starts with a byte-order mark
+    bom.mkdir()
+    (bom / "test.csv").write_text("\ufefftext,label\n\"a, b\",x\nc,y\n", encoding="utf-8")
+    assert TextData(bom).split("test")[0] == ("a, b", 0)
     ints = tmp_path / "ints"
     ints.mkdir()
     (ints / "test.jsonl").write_text("".join(json.dumps({"text": "a", "label": v}) + "\n" for v in (10, 2, 2, 0)))
