@@ -7,6 +7,8 @@ from __future__ import annotations
 import warnings
 from typing import Annotated
 
+import torch
+
 from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
 from embedlab.config import AT_LEAST_1, POSITIVE
 from embedlab.metrics.classification import linear_probe_accuracy
@@ -22,7 +24,7 @@ from embedlab.metrics.clustering import (
 
 
 @register_analysis("clustering",
-                   description="silhouette (cosine), Davies-Bouldin, Calinski-Harabasz, k-means (k = #classes, faiss) "
+                   description="silhouette (cosine), Davies-Bouldin, Calinski-Harabasz, k-means (k = #classes in test, faiss) "
                                "NMI/ARI, intra/inter distance ratio on test embeddings; linear probe train -> test",
                    needs=("test",), optional=("train",), title="Clustering")
 def clustering(inp: Inputs, chunk: Annotated[int, AT_LEAST_1] = 1024, kmeans_niter: Annotated[int, AT_LEAST_1] = 25,
@@ -30,7 +32,7 @@ def clustering(inp: Inputs, chunk: Annotated[int, AT_LEAST_1] = 1024, kmeans_nit
                kmeans_normalize: bool = True, probe_C: Annotated[float, POSITIVE] = 1.0,
                probe_max_iter: Annotated[int, AT_LEAST_1] = 1000) -> Output:
     z, y = inp.t("test", "embeddings"), inp.t("test", "labels")
-    k = inp.num_classes
+    k = int(torch.unique(y).numel())  # the classes of the test set: classes only other splits have are no cluster
     assignments = kmeans_assignments(z, k, seed=inp.seed, niter=kmeans_niter, nredo=kmeans_nredo, init=kmeans_init,
                                      normalize=kmeans_normalize)
     km = {"k": k, "niter": kmeans_niter, "nredo": kmeans_nredo, "init": kmeans_init, "normalize": kmeans_normalize,

@@ -128,8 +128,10 @@ def open_spec(path: str | Path, device: str, data_root: str | None, trust_code: 
                 n_out = data.info.num_classes
     except (RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = (" (a text+vision model: save its vision tower, e.g. CLIPVisionModelWithProjection, and give that "
+                "folder)" if spec.kind == "huggingface" and "input_ids" in msg else "")
         raise EmbedlabError(f"{p}: the model cannot run on {spec.dataset!r} inputs of shape {tuple(x.shape)}: "
-                            f"{msg}") from None
+                            f"{msg}{hint}") from None
     if n_out != data.info.num_classes:
         raise EmbedlabError(f"{p}: model outputs {n_out} classes but dataset {spec.dataset!r} has "
                             f"{data.info.num_classes}")

@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import re
 import warnings
 import zipfile
 import zlib
@@ -42,6 +43,7 @@ from embedlab.errors import EmbedlabError, EmbedlabWarning
 from embedlab.io import sha256_file
 from embedlab.models import (
     ExternalNet,
+    Geometry,
     _last_linear,
     check_embedding_method,
     external_input,
@@ -55,9 +57,27 @@ KINDS = ("torchvision", "timm", "factory", "torchscript", "export", "huggingface
 
 @dataclasses.dataclass
 class Preprocess:
+    """A spec's ``preprocess``: images in [0, 1] resized to ``size``² (``interpolation``: bilinear or bicubic), then
+    centre-cropped to ``crop``², then normalised by ``mean``/``std``."""
+
     size: Optional[int] = None
     mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
+    crop: Optional[int] = None
+    interpolation: Optional[str] = None  # bilinear unless a Hugging Face image processor says bicubic
+
+    def validate(self, where: str) -> None:
+        if self.interpolation not in (None, "bilinear", "bicubic"):
+            raise EmbedlabError(f"{where}: interpolation must be bilinear or bicubic, got {self.interpolation!r}")
+        for key in ("size", "crop"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise EmbedlabError(f"{where}: {key} must be >= 1, got {getattr(self, key)}")
+
+    def geometry(self, fallback: dict[str, Any] | None = None) -> Geometry:
+        """Size, crop and interpolation, each from this spec where given, else from ``fallback`` (a processor's)."""
+        fb = fallback or {}
+        return Geometry(self.size or fb.get("size"), self.crop or fb.get("crop"),
+                        self.interpolation or fb.get("interpolation") or "bilinear")
 
 
 @dataclasses.dataclass
@@ -75,6 +95,12 @@ class ModelSpec:
     factory_kwargs: dict = dataclasses.field(default_factory=dict)
 
     def validate(self, where: str) -> None:
+        for key in ("dataset_options", "preprocess", "factory_kwargs"):
+            value = getattr(self, key)
+            if value is None:  # "dataset_options": null is no options
+                setattr(self, key, {})
+            elif not isinstance(value, dict):
+                raise EmbedlabError(f"{where}: {key!r} must be a JSON object of key: value pairs, got {value!r}")
         if self.kind not in KINDS:
             raise EmbedlabError(f"{where}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.kind not in ("torchscript", "export", "huggingface") and not self.arch:
@@ -139,7 +165,7 @@ class _UserNet(nn.Module):
 
     no_head_reason: str | None = None
 
-    def __init__(self, input_shape, mean, std, resize: int | None, gray_to_rgb: bool) -> None:
+    def __init__(self, input_shape, mean, std, resize: "int | Geometry | None", gray_to_rgb: bool) -> None:
         super().__init__()
         self.resize, self.gray_to_rgb = resize, gray_to_rgb
         shape = (-1,) + (1,) * (len(input_shape) - 1)
@@ -195,7 +221,7 @@ class ExportedNet(_UserNet):
     maps that embedding to the logits (checked once on a dummy batch)."""
 
     def __init__(self, gm: nn.Module, tap: _Tap | None, output: int | None, head: nn.Linear | None, input_shape,
-                 net_channels: int | None, mean, std, resize: int | None) -> None:
+                 net_channels: int | None, mean, std, resize: "int | Geometry | None") -> None:
         super().__init__(input_shape, mean, std, resize, gray_to_rgb=net_channels == 3 and input_shape[0] == 1)
         self.net, self.tap, self.output = gm, tap, output
         object.__setattr__(self, "head", head)
@@ -350,17 +376,38 @@ def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any], bool]:
         except (OSError, ValueError, KeyError):
             proc = None
         if proc is not None:
-            pre["mean"] = list(proc.image_mean) if getattr(proc, "image_mean", None) is not None else None
-            pre["std"] = list(proc.image_std) if getattr(proc, "image_std", None) is not None else None
-            size = getattr(proc, "size", None)
-            side = (getattr(size, "height", None) or getattr(size, "shortest_edge", None)) if size is not None \
-                else None
-            if side is None and isinstance(size, dict):
-                side = size.get("height") or size.get("shortest_edge")
-            pre["size"] = int(side) if side else None
+            pre.update(_processor_preprocessing(proc))
     if pre.get("size") is None and getattr(config, "image_size", None):
         pre["size"] = int(config.image_size)
     return net.eval(), pre, classifier
+
+
+def _side(value: Any) -> int | None:
+    """The side of a processor's ``size`` / ``crop_size``: ``{"height": h, "width": w}``, ``{"shortest_edge": s}``,
+    a ``SizeDict`` or an int."""
+    if value is None or isinstance(value, int):
+        return value
+    get = value.get if isinstance(value, dict) else lambda k: getattr(value, k, None)
+    side = get("height") or get("shortest_edge")
+    return int(side) if side else None
+
+
+def _processor_preprocessing(proc: Any) -> dict[str, Any]:
+    """What a transformers image processor does to an image, as embedlab's differentiable input side does it:
+    ``size`` (resize, unless ``do_resize`` is off), ``crop`` (``crop_size`` where ``do_center_crop``),
+    ``interpolation`` (its ``resample``: PIL's BICUBIC = 3 → bicubic, otherwise bilinear) and ``mean``/``std``
+    (none where ``do_normalize`` is off). Images are already in [0, 1], as after the processor's rescale by 1/255."""
+    out: dict[str, Any] = {}
+    if getattr(proc, "do_resize", True):
+        out["size"] = _side(getattr(proc, "size", None))
+    if getattr(proc, "do_center_crop", False):
+        out["crop"] = _side(getattr(proc, "crop_size", None))
+    out["interpolation"] = "bicubic" if int(getattr(proc, "resample", 2) or 2) == 3 else "bilinear"
+    if getattr(proc, "do_normalize", True):
+        for key in ("mean", "std"):
+            value = getattr(proc, f"image_{key}", None)
+            out[key] = list(value) if value is not None else None
+    return out
 
 
 class HFImageNet(_UserNet):
@@ -372,7 +419,7 @@ class HFImageNet(_UserNet):
     z is not the input of a linear classifier here."""
 
     def __init__(self, net: nn.Module, classifier: bool, layer: int | None, input_shape, mean, std,
-                 resize: int | None, channels: int | None) -> None:
+                 resize: "int | Geometry | None", channels: int | None) -> None:
         super().__init__(input_shape, mean, std, resize, gray_to_rgb=input_shape[0] == 1 and channels == 3)
         self.net, self.layer, self.has_logits = net, layer, classifier
         self.no_head_reason = (f"the embedding is hidden state {layer} averaged over positions, not the input of the "
@@ -393,7 +440,7 @@ class HFImageNet(_UserNet):
             hidden = out.hidden_states
             if not -len(hidden) <= self.layer < len(hidden):
                 raise EmbedlabError(f"\"embedding\": \"hidden_state:{self.layer}\" but the model has hidden states "
-                                    f"0 .. {len(hidden) - 1}")
+                                    f"0 .. {len(hidden) - 1} (or -1 .. -{len(hidden)} from the last)")
             z = _mean_over_positions(hidden[self.layer])
         else:
             pooled = next((getattr(out, k) for k in ("image_embeds", "pooler_output")
@@ -409,7 +456,7 @@ def _mean_over_positions(h: Tensor) -> Tensor:
 
 def _hidden_state_layer(embedding: str | None) -> int | None:
     """K of ``"hidden_state:K"`` (negative counts from the last), None for anything else."""
-    if embedding and embedding.startswith("hidden_state:") and embedding[13:].lstrip("-").isdigit():
+    if embedding and re.fullmatch(r"hidden_state:-?[0-9]+", embedding):
         return int(embedding[13:])
     return None
 
@@ -459,7 +506,7 @@ class SentenceEncoder(nn.Module):
         hidden = self.st[0].auto_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         if not -len(hidden) <= self.layer < len(hidden):
             raise EmbedlabError(f"\"embedding\": \"hidden_state:{self.layer}\" but the model has hidden states 0 .. "
-                                f"{len(hidden) - 1}")
+                                f"{len(hidden) - 1} (or -1 .. -{len(hidden)} from the last)")
         m = mask.unsqueeze(-1).to(hidden[self.layer].dtype)
         return ((hidden[self.layer] * m).sum(1) / m.sum(1).clamp_min(1.0)).float()
 
@@ -482,11 +529,11 @@ def load_sentence_encoder(folder: Path, embedding: str | None) -> SentenceEncode
                             f"{version('sentence-transformers')}: pip install 'embedlab[hf]'")
     layer = None
     if embedding is not None:
-        if not (embedding.startswith("hidden_state:") and embedding[13:].lstrip("-").isdigit()):
+        if _hidden_state_layer(embedding) is None:
             raise EmbedlabError(f"\"embedding\" of a sentence-transformers model must be null (its sentence "
                                 f"embedding) or \"hidden_state:K\" (the mean of hidden state K over the tokens), got "
                                 f"{embedding!r}")
-        layer = int(embedding[13:])
+        layer = _hidden_state_layer(embedding)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
@@ -501,6 +548,11 @@ def load_sentence_encoder(folder: Path, embedding: str | None) -> SentenceEncode
             msg = (msg.split(". Importing")[0] + "; importing it would run code, and embedlab never passes "
                    "trust_remote_code")
         raise EmbedlabError(f"cannot load the sentence-transformers model in {folder}: {msg[:400]}") from None
+    tok = getattr(st, "tokenizer", None)
+    specials = set(getattr(tok, "all_special_tokens", ()) or ())
+    if tok is not None and specials and len(tok) <= len(specials):  # every word would be [UNK]: one embedding for all
+        raise EmbedlabError(f"{folder}: its tokenizer knows only its {len(tok)} special tokens, so every word would "
+                            f"be unknown; are its tokenizer files (tokenizer.json, vocab.txt, ...) missing?")
     if layer is not None and not hasattr(st[0], "auto_model"):
         raise EmbedlabError(f"\"embedding\": \"{embedding}\": the first module of {folder} is not a transformer")
     return SentenceEncoder(st, layer).eval()
@@ -513,7 +565,7 @@ class ScriptedNet(_UserNet):
     found as a submodule, it is the head g (ViM, ReAct)."""
 
     def __init__(self, net: torch.jit.ScriptModule, embed_method: str | None, input_shape, mean, std,
-                 resize: int | None) -> None:
+                 resize: "int | Geometry | None") -> None:
         # 1-channel data into a network whose first convolution takes 3 channels: repeat the channel
         convs = [m for _, m in net.named_modules() if getattr(m, "original_name", "") == "Conv2d"]
         first = getattr(convs[0], "weight", None) if convs else None
@@ -579,7 +631,7 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
     n_cls = spec.num_classes or num_classes
     if spec.kind == "huggingface":
         net, hf_pre, classifier = load_huggingface(weights)
-        size = pre.size or hf_pre.get("size")
+        size = pre.geometry(hf_pre)
         mean, std = pre.mean or hf_pre.get("mean"), pre.std or hf_pre.get("std")
         channels = hf_pre.get("channels")
         layer = _hidden_state_layer(spec.embedding)
@@ -597,7 +649,7 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
             model = HFImageNet(net, classifier, layer, input_shape, mean, std, size, channels)
         return model.eval(), h.hexdigest()
     if spec.kind == "export":
-        model = ExportedNet.load(weights, spec.embedding, input_shape, pre.mean, pre.std, pre.size)
+        model = ExportedNet.load(weights, spec.embedding, input_shape, pre.mean, pre.std, pre.geometry())
         return model.eval(), h.hexdigest()
     if spec.kind == "torchscript":
         if spec.embedding is not None and not spec.embedding.startswith("method:"):
@@ -612,7 +664,7 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
         method = spec.embedding[7:] if spec.embedding else None
         if method is not None:
             check_embedding_method(net, method)
-        model: nn.Module = ScriptedNet(net, method, input_shape, pre.mean, pre.std, pre.size)
+        model: nn.Module = ScriptedNet(net, method, input_shape, pre.mean, pre.std, pre.geometry())
         try:
             model.find_head(torch.rand(2, *input_shape))
         except (RuntimeError, ValueError, EmbedlabError):
@@ -630,7 +682,7 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
         # 1-channel data into a network whose first convolution takes 3 channels: repeat the channel (timm's
         # in_chans=1, or a factory's own 1-channel stem, take the data as it is)
         model = ExternalNet(net, head, input_shape, pre.mean, pre.std,
-                            gray_to_rgb=input_shape[0] == 1 and first_conv_channels(net) == 3, resize=pre.size,
+                            gray_to_rgb=input_shape[0] == 1 and first_conv_channels(net) == 3, resize=pre.geometry(),
                             embedding=spec.embedding)
     return model.eval(), h.hexdigest()
 

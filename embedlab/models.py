@@ -8,6 +8,8 @@ model's first operation, so attacks and mixing act on the data as stored.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any, Callable, Sequence
 
 import torch
@@ -234,11 +236,26 @@ for _arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
     register_model(_arch, description=f"torchvision {_arch} (ImageNet stem, random init)")(_torchvision_resnet(_arch))
 
 
-def external_input(x: Tensor, mean: Tensor, std: Tensor, resize: int | None, gray_to_rgb: bool) -> Tensor:
-    """The input side of a model a user brings: ``x`` (B, C, H, W) in [0, 1] resized to ``resize``² (bilinear,
-    antialiased) when it differs, normalised ``(x − mean) / std``, and a single channel repeated to three."""
-    if resize and tuple(x.shape[-2:]) != (resize, resize):
-        x = nn.functional.interpolate(x, size=(resize, resize), mode="bilinear", antialias=True, align_corners=False)
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """How a model a user brings sees an image: resized to ``size``² (``mode``: bilinear or bicubic, antialiased),
+    then centre-cropped to ``crop``² (e.g. 256 then 224, as torchvision's and DINOv2's evaluation transforms do)."""
+
+    size: int | None = None
+    crop: int | None = None
+    mode: str = "bilinear"
+
+
+def external_input(x: Tensor, mean: Tensor, std: Tensor, resize: "int | Geometry | None", gray_to_rgb: bool) -> Tensor:
+    """The input side of a model a user brings: ``x`` (B, C, H, W) in [0, 1] resized to ``resize``² when it differs
+    (an int: bilinear; a :class:`Geometry`: its mode, then its centre crop), normalised ``(x − mean) / std``, and a
+    single channel repeated to three. Differentiable, so attacks and ODIN see the model's own preprocessing."""
+    g = resize if isinstance(resize, Geometry) else Geometry(resize)
+    if g.size and tuple(x.shape[-2:]) != (g.size, g.size):
+        x = nn.functional.interpolate(x, size=(g.size, g.size), mode=g.mode, antialias=True, align_corners=False)
+    if g.crop and g.crop < min(x.shape[-2:]):
+        top, left = (x.shape[-2] - g.crop) // 2, (x.shape[-1] - g.crop) // 2
+        x = x[..., top:top + g.crop, left:left + g.crop]
     x = (x - mean) / std
     return x.expand(-1, 3, *x.shape[2:]) if gray_to_rgb else x
 
@@ -274,7 +291,7 @@ class ExternalNet(EmbedNet):
     """
 
     def __init__(self, net: nn.Module, head: nn.Linear, input_shape: Sequence[int], mean=None, std=None,
-                 gray_to_rgb: bool = False, resize: int | None = None, embedding: str | None = None) -> None:
+                 gray_to_rgb: bool = False, resize: "int | Geometry | None" = None, embedding: str | None = None) -> None:
         super().__init__([], head, "none", mean, std, input_ndim=len(input_shape))
         self.net = net
         self.gray_to_rgb = gray_to_rgb  # 1-channel data into a 3-channel network: repeat the channel

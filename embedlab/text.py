@@ -1,6 +1,7 @@
 """Text datasets given as files, for text encoders (a sentence-transformers folder in a model spec).
 
-A folder holds one file per split, ``train``, ``test`` (required) and optional ``val``, each as ``.jsonl``
+A folder holds one file per split, ``test`` (required), ``train`` (the kNN bank and the probe's training set) and
+optional ``val``, each as ``.jsonl``
 (one JSON object per line), ``.csv`` or ``.tsv`` (with a header row), with a text field and a label field::
 
     reviews/train.jsonl   {"text": "a gripping film", "label": "pos"}

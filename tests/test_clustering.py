@@ -332,3 +332,15 @@ def test_linear_probe_that_stops_early_is_recorded_not_printed(recwarn):
     assert not [w for w in recwarn if issubclass(w.category, ConvergenceWarning)]
     out = clustering(Inputs({"train": split, "test": split}, 4))
     assert out.metrics["linear_probe_accuracy"]["settings"]["converged"] is True
+
+
+def test_kmeans_k_is_the_number_of_classes_in_the_test_set():
+    """Classes that only the other splits (or the class list) have are no cluster of the test embeddings: with 3
+    classes named and 2 of them in test, k = 2, so k-means NMI/ARI of two well-separated blobs are 1."""
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(0, 0.1, (20, 4)) + 5 * np.eye(4)[c] for c in (0, 1)]).astype(np.float32)
+    y = np.repeat([0, 1], 20)
+    inp = Inputs({"test": Extracted(z, None, y)}, 3, ("a", "b", "c"))
+    m = clustering(inp).metrics
+    assert m["kmeans_nmi"]["settings"]["k"] == 2
+    assert m["kmeans_nmi"]["value"] == pytest.approx(1.0) and m["kmeans_ari"]["value"] == pytest.approx(1.0)

@@ -281,3 +281,31 @@ def test_texts_of_many_lengths_keep_their_order(tmp_path, encoder):
         with torch.no_grad():
             one = np.concatenate([src.model.embed_and_logits([t])[0].numpy() for t in texts])
         np.testing.assert_allclose(got, one, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_careless_specs_and_folders_are_one_line(tmp_path, encoder):
+    """From an outside review: dataset_options null is no options, a non-object is one line (image specs too); a
+    folder without tokenizer files (every word [UNK], one embedding for all texts) is refused; K is ASCII digits."""
+    import shutil
+
+    from embedlab.analyses.runner import open_source
+
+    _write_texts(tmp_path / "texts", splits=(("test", 6),))
+    assert open_source(_spec(tmp_path, encoder, dataset_options=None)).data.options == {"text_field": "text",
+                                                                                          "label_field": "label"}
+    for spec in (_spec(tmp_path, encoder, dataset_options="abc"),
+                 _spec(tmp_path, encoder, name="img", dataset="digits", kind="torchvision", arch="resnet18",
+                       weights=None, dataset_options=["x"])):
+        with pytest.raises(EmbedlabError, match="'dataset_options' must be a JSON object of key: value pairs"):
+            open_source(spec)
+    bare = tmp_path / "no-tokenizer"
+    shutil.copytree(encoder, bare)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (bare / f).unlink()
+    with pytest.raises(EmbedlabError, match="tokenizer knows only its 5 special tokens"):
+        open_source(_spec(tmp_path, bare, name="bare"))
+    with pytest.raises(EmbedlabError, match="must be null"):
+        open_source(_spec(tmp_path, encoder, name="arabic", embedding="hidden_state:\u0663"))
+    src = open_source(_spec(tmp_path, encoder, name="neg", embedding="hidden_state:-9"))
+    with pytest.raises(EmbedlabError, match=r"hidden states 0 \.\. 2 \(or -1 \.\. -3 from the last\)"):
+        src.model.embed_and_logits(["the cat"])
