@@ -5,8 +5,10 @@ embedding is read::
 
     {"name": "my-r18", "kind": "torchvision", "arch": "resnet18", "weights": "r18.pth", "num_classes": 10,
      "dataset": "cifar10", "data_root": "~/data",
-     "preprocess": {"size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+     "preprocess": {"size": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
      "embedding": null}
+
+(``preprocess``: resize to ``size``², ``interpolation`` bilinear or bicubic, centre crop to ``crop``², normalise.)
 
 ``kind``: ``torchvision`` / ``timm`` (architecture by name), ``factory`` (``arch`` = ``package.module:function``
 returning an ``nn.Module``), ``torchscript`` (``weights`` is a TorchScript file), ``export`` (``weights`` is an
