@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,6 @@ from torch.utils.data import Dataset
 from embedlab.config import MAX_CLASSES, parse_options
 from embedlab.data import SPLITS, DataSource, DatasetInfo
 from embedlab.errors import EmbedlabError
-from embedlab.io import sha256_file
 
 SUFFIXES = (".jsonl", ".csv", ".tsv")
 
@@ -73,7 +74,9 @@ class TextData(DataSource):
                 files[split] = found[0]
         if "test" not in files:
             raise EmbedlabError(f"text dataset {folder}: no test file (test.jsonl, test.csv or test.tsv)")
-        rows = {split: _read_rows(path, opts) for split, path in files.items()}
+        read = {split: _read_rows(path, opts) for split, path in files.items()}
+        rows = {split: r for split, (r, _) in read.items()}
+        self.sha256 = {split: sha for split, (_, sha) in read.items()}  # of the bytes read, for the cache key
         raw = [label for texts_labels in rows.values() for _, label in texts_labels]
         classes = _class_names(raw, folder)
         index = {name: i for i, name in enumerate(classes)}
@@ -94,13 +97,16 @@ class TextData(DataSource):
     def describe(self) -> dict[str, Any]:
         """The name, options and each split file's SHA-256 (the extraction cache's key: edited files re-encode)."""
         return {"name": self.info.name, "options": self.options,
-                "files": {s: {"name": p.name, "sha256": sha256_file(p)} for s, p in self.files.items()}}
+                "files": {s: {"name": p.name, "sha256": self.sha256[s]} for s, p in self.files.items()}}
 
 
-def _read_rows(path: Path, opts: TextOptions) -> list[tuple[str, Any]]:
-    """``(text, label)`` of every row of one split file; one line naming the file and row for a bad row."""
+def _read_rows(path: Path, opts: TextOptions) -> tuple[list[tuple[str, Any]], str]:
+    """``(text, label)`` of every row of one split file, and the SHA-256 of the bytes they were read from (the file
+    is read once); one line naming the file and row for a bad row."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a BOM (Excel's CSV) is not a field name
+        data = path.read_bytes()
+        # -sig: a BOM (Excel's CSV) is not a field name; newline="": the lines a file opened that way gives
+        with io.StringIO(data.decode("utf-8-sig"), newline="") as fh:
             if path.suffix == ".jsonl":
                 records = []
                 for n, line in enumerate(fh, 1):
@@ -130,7 +136,7 @@ def _read_rows(path: Path, opts: TextOptions) -> list[tuple[str, Any]]:
             raise EmbedlabError(f"{path}: row {n}: {opts.label_field!r} must be a class name or an integer, got "
                                 f"{label!r}")
         rows.append((text, label))
-    return rows
+    return rows, hashlib.sha256(data).hexdigest()
 
 
 def _class_names(labels: list[Any], folder: Path) -> tuple[str, ...]:
