@@ -356,8 +356,7 @@ def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any], bool]:
         raise EmbedlabError("kind 'huggingface' needs transformers: pip install 'embedlab[hf]'") from None
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise EmbedlabError(f"{folder}: not a save_pretrained folder (no config.json)")
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    _quiet_transformers(transformers)
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         archs = list(getattr(config, "architectures", None) or [])
@@ -439,11 +438,7 @@ class HFImageNet(_UserNet):
     def embed_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         out = self._out(x)
         if self.layer is not None:
-            hidden = out.hidden_states
-            if not -len(hidden) <= self.layer < len(hidden):
-                raise EmbedlabError(f"\"embedding\": \"hidden_state:{self.layer}\" but the model has hidden states "
-                                    f"0 .. {len(hidden) - 1} (or -1 .. -{len(hidden)} from the last)")
-            z = _mean_over_positions(hidden[self.layer])
+            z = _mean_over_positions(_hidden_state(out.hidden_states, self.layer))
         else:
             pooled = next((getattr(out, k) for k in ("image_embeds", "pooler_output")
                            if getattr(out, k, None) is not None), None)
@@ -454,6 +449,21 @@ class HFImageNet(_UserNet):
 def _mean_over_positions(h: Tensor) -> Tensor:
     """``(N, T, D)`` → mean over T; ``(N, C, H, W)`` → mean over H, W; ``(N, D)`` as it is."""
     return h.mean(1) if h.dim() == 3 else h.mean((2, 3)) if h.dim() == 4 else h.flatten(1)
+
+
+def _hidden_state(hidden: tuple[Tensor, ...], layer: int) -> Tensor:
+    """Hidden state ``layer`` of a transformers output's ``hidden_states`` (negative counts from the last), or one
+    line naming the range the model has."""
+    if not -len(hidden) <= layer < len(hidden):
+        raise EmbedlabError(f"\"embedding\": \"hidden_state:{layer}\" but the model has hidden states 0 .. "
+                            f"{len(hidden) - 1} (or -1 .. -{len(hidden)} from the last)")
+    return hidden[layer]
+
+
+def _quiet_transformers(transformers: Any) -> None:
+    """No transformers log lines or progress bars on stderr while embedlab loads a model the user named."""
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _hidden_state_layer(embedding: str | None) -> int | None:
@@ -505,12 +515,10 @@ class SentenceEncoder(nn.Module):
         features = self.st.preprocess(texts)
         device = next(self.st.parameters()).device
         ids, mask = features["input_ids"].to(device), features["attention_mask"].to(device)
-        hidden = self.st[0].auto_model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-        if not -len(hidden) <= self.layer < len(hidden):
-            raise EmbedlabError(f"\"embedding\": \"hidden_state:{self.layer}\" but the model has hidden states 0 .. "
-                                f"{len(hidden) - 1} (or -1 .. -{len(hidden)} from the last)")
-        m = mask.unsqueeze(-1).to(hidden[self.layer].dtype)
-        return ((hidden[self.layer] * m).sum(1) / m.sum(1).clamp_min(1.0)).float()
+        hidden = _hidden_state(self.st[0].auto_model(input_ids=ids, attention_mask=mask,
+                                                      output_hidden_states=True).hidden_states, self.layer)
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return ((hidden * m).sum(1) / m.sum(1).clamp_min(1.0)).float()
 
 
 def load_sentence_encoder(folder: Path, embedding: str | None) -> SentenceEncoder:
@@ -536,8 +544,7 @@ def load_sentence_encoder(folder: Path, embedding: str | None) -> SentenceEncode
                                 f"embedding) or \"hidden_state:K\" (the mean of hidden state K over the tokens), got "
                                 f"{embedding!r}")
         layer = _hidden_state_layer(embedding)
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    _quiet_transformers(transformers)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -633,14 +640,14 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
     n_cls = spec.num_classes or num_classes
     if spec.kind == "huggingface":
         net, hf_pre, classifier = load_huggingface(weights)
-        size = pre.geometry(hf_pre)
+        geometry = pre.geometry(hf_pre)
         mean, std = pre.mean or hf_pre.get("mean"), pre.std or hf_pre.get("std")
         channels = hf_pre.get("channels")
         layer = _hidden_state_layer(spec.embedding)
         if classifier and layer is None:  # the input of the classification head, or a module's output
             logits_net = _HFLogits(net)
             model = ExternalNet(logits_net, _last_linear(logits_net, n_cls), input_shape, mean, std,
-                                gray_to_rgb=input_shape[0] == 1 and channels == 3, resize=size,
+                                gray_to_rgb=input_shape[0] == 1 and channels == 3, resize=geometry,
                                 embedding=f"model.{spec.embedding}" if spec.embedding and not
                                 spec.embedding.startswith("method:") else spec.embedding)  # transformers' names
         else:
@@ -648,7 +655,7 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
                 raise EmbedlabError(f"\"embedding\" of a transformers image encoder must be null (its pooled "
                                     f"output) or \"hidden_state:K\" (hidden state K averaged over positions), got "
                                     f"{spec.embedding!r}")
-            model = HFImageNet(net, classifier, layer, input_shape, mean, std, size, channels)
+            model = HFImageNet(net, classifier, layer, input_shape, mean, std, geometry, channels)
         return model.eval(), h.hexdigest()
     if spec.kind == "export":
         model = ExportedNet.load(weights, spec.embedding, input_shape, pre.mean, pre.std, pre.geometry())
