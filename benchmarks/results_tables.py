@@ -48,7 +48,7 @@ def table(result: dict, metrics: list[str], with_diff: bool = True) -> str:
         head += [m + unit] + ([f"Δ vs {base}"] if with_diff else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
-        cells = [f"`{row['label']}`"]
+        cells = [f"`{row['label']}`" + (f" ({row['variant']})" if row.get("variant") else "")]
         for m in metrics:
             mean, diff = cell(row["metrics"].get(m), m)
             cells += [mean] + ([diff] if with_diff else [])

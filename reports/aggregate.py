@@ -139,6 +139,7 @@ def _group_names(groups: list[list[ModelResult]]) -> list[str]:
         if counts[n] > 1 and len(members) > 1:
             n = _method_label(members[0], with_options=True)
         out.append(n)
+    out = [_with_variant(n, members[0]) for n, members in zip(out, groups)]
     taken: set[str] = set()
     unique: list[str] = []
     for n in out:
@@ -148,6 +149,18 @@ def _group_names(groups: list[list[ModelResult]]) -> list[str]:
         taken.add(candidate)
         unique.append(candidate)
     return unique
+
+
+def _variant(r: ModelResult) -> str | None:
+    method = r.meta.get("method")
+    v = method.get("variant") if isinstance(method, Mapping) else None
+    return str(v) if v else None
+
+
+def _with_variant(name: str, r: ModelResult) -> str:
+    """A name that carries the **embedlab variant** label of its method's options, where they select one."""
+    v = _variant(r)
+    return name if not v or v in name else f"{name} [{v}]"
 
 
 def _method_label(r: ModelResult, *, with_options: bool) -> str:

@@ -106,7 +106,8 @@ def _meta_row(g: Group) -> dict[str, Any]:
     seeds = [s for s in g.seeds if s is not None]
     return {
         "name": g.name,
-        "method": _format_value(method),
+        "method": _format_value(method) + (f" [{meta['method']['variant']}]" if isinstance(meta.get("method"), Mapping)
+                                            and meta["method"].get("variant") else ""),
         "options": _format_options(method_opts),
         "architecture": arch_text,
         "dataset": dataset_text,

@@ -182,7 +182,7 @@ def _benchmark_tables(data: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     means = []
     for r in rows:
-        cells = [str(r.get("label", "?")), str(len(r.get("seeds_done") or []))]
+        cells = [str(r.get("label", "?")) + (f" ({r['variant']})" if r.get("variant") else ""), str(len(r.get("seeds_done") or []))]
         for m in present:
             e = benchmark_entry(r, m)
             std = e.get("std")
@@ -197,7 +197,7 @@ def _benchmark_tables(data: Mapping[str, Any]) -> list[dict[str, Any]]:
         for r in rows:
             if r.get("label") == base:
                 continue
-            cells = [str(r.get("label", "?"))]
+            cells = [str(r.get("label", "?")) + (f" ({r['variant']})" if r.get("variant") else "")]
             for m in present:
                 d = benchmark_entry(r, m).get("diff_to_baseline")
                 if not isinstance(d, Mapping):

@@ -150,7 +150,7 @@ def benchmark_tables(study: StudyResult, labels: set[str] | None = None) -> list
             best[m] = max(means) if better[m] else min(means)
     body = []
     for r in rows:
-        cells = [tex_escape(r.get("label", "?")), str(len(r.get("seeds_done") or []))]
+        cells = [tex_escape(str(r.get("label", "?")) + (f" ({r['variant']})" if r.get("variant") else "")), str(len(r.get("seeds_done") or []))]
         for m in present:
             e = benchmark_entry(r, m)
             mean, std = _num(e.get("mean")), _num(e.get("std"))
@@ -171,7 +171,7 @@ def benchmark_tables(study: StudyResult, labels: set[str] | None = None) -> list
     for r in rows:
         if r.get("label") == base:
             continue
-        cells = [tex_escape(r.get("label", "?"))]
+        cells = [tex_escape(str(r.get("label", "?")) + (f" ({r['variant']})" if r.get("variant") else ""))]
         for m in present:
             d = benchmark_entry(r, m).get("diff_to_baseline")
             mean = _num(d.get("mean")) if isinstance(d, Mapping) else None

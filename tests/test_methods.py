@@ -432,3 +432,13 @@ def test_every_method_runs_on_cuda_without_leaving_the_device(name):
     loss.backward()
     assert losses[0] == losses[1]
     assert all(p.grad is not None and p.grad.device.type == "cuda" for p in model.parameters())
+
+
+def test_dense_multimix_default_is_the_papers_dense_loss_and_the_pooled_term_is_a_labelled_variant():
+    from embedlab.methods import method_metadata
+
+    assert method_metadata("dense_multimix")["options"]["global_weight"] == 0.0
+    assert create_method("dense_multimix").variant() is None
+    variant = create_method("dense_multimix", {"global_weight": 0.5}).variant()
+    assert variant == "Dense MultiMix + pooled MultiMix (embedlab variant)"
+    assert create_method("multimix").variant() is None

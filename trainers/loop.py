@@ -285,7 +285,8 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device, *, p
             meta = {
                 "config": cfg.to_dict(),
                 "model": model_desc,
-                "method": {"name": cfg.method, "options": method.options_dict()},
+                "method": {"name": cfg.method, "options": method.options_dict(),
+                           **({"variant": method.variant()} if method.variant() else {})},
                 "dataset": {**data.describe(), "classes": list(data.info.classes),
                             "input_shape": list(data.info.input_shape)},
                 "versions": versions(), "hardware": hardware(device), "created_utc": utc_now(),

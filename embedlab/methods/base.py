@@ -110,6 +110,12 @@ class MixMethod:
     def options_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.opts)
 
+    def variant(self) -> str | None:
+        """The label of an **embedlab variant** these options select (a departure from the paper's method that
+        every table row using it must carry), or None for the paper's method. Recorded in checkpoint metadata as
+        ``method.variant``."""
+        return None
+
 
 def create_method(name: str, options: dict[str, Any] | None = None) -> MixMethod:
     """The one way to build a method: ``create_method("multimix", {"n": 500})``."""

@@ -44,6 +44,7 @@ class MethodSpec:
     label: str
     method: str
     options: dict[str, Any]
+    variant: str | None = None  # the embedlab-variant label these options select (MixMethod.variant), else None
 
 
 def split_specs(text: str) -> list[str]:
@@ -85,9 +86,9 @@ def parse_method_specs(text: str) -> list[MethodSpec]:
             if not eq or not key.strip():
                 raise EmbedlabError(f"--methods: option {item!r} of {raw!r} is not key=value")
             opts[key.strip()] = auto_type(value.strip())
-        create_method(name, opts)  # unknown method or bad option: one clear line, before anything trains
+        variant = create_method(name, opts).variant()  # unknown method or bad option: one line, before training
         label = name if not opts else f"{name}[{';'.join(f'{k}={v}' for k, v in opts.items())}]"
-        specs.append(MethodSpec(label, name, opts))
+        specs.append(MethodSpec(label, name, opts, variant))
     if not specs:
         raise EmbedlabError("--methods: give at least one method")
     labels = [s.label for s in specs]
@@ -155,7 +156,7 @@ def summarise(specs: Sequence[MethodSpec], seeds: Sequence[int], per_run: dict[s
                 base = {int(s): r[name] for s, r in base_runs.items() if name in r}
                 entry["diff_to_baseline"] = paired_difference(vals, base)
             metrics[name] = entry
-        rows.append({"label": spec.label, "method": spec.method, "options": spec.options,
+        rows.append({"label": spec.label, "method": spec.method, "options": spec.options, "variant": spec.variant,
                      "seeds_done": sorted(int(s) for s in runs), "metrics": metrics})
     return rows
 
@@ -223,7 +224,7 @@ def markdown_table(result: dict[str, Any], metrics: Sequence[str] = KEY_METRICS,
     head = ["method", "seeds"] + [h for m in present for h in (m, f"Δ {m} vs {result.get('baseline')}")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["label"], str(len(r["seeds_done"]))]
+        cells = [r["label"] + (f" ({r['variant']})" if r.get("variant") else ""), str(len(r["seeds_done"]))]
         for m in present:
             e = r["metrics"].get(m)
             if not e:
