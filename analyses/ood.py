@@ -22,6 +22,7 @@ from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
 from embedlab.config import AT_LEAST_1, NON_NEGATIVE, PERCENTILE, POSITIVE
 from embedlab.data import collate_batched
 from embedlab.errors import EmbedlabError
+from embedlab.oodsets import set_group
 from embedlab.metrics.ood import (
     CONVENTIONS,
     FPR_AT_TPR,
@@ -186,7 +187,8 @@ def _select(spec: str | list[str] | tuple[str, ...] | None, allow_grad: bool, an
 
 def _place(set_name: str, score: str, name: str) -> dict[str, Any]:
     """Section, table, column and key of ``ood/<set>/<score>/<name>`` (``set`` "mean": the mean over OOD sets)."""
-    where = "mean over OOD sets" if set_name == "mean" else f"OOD set {set_name}"
+    where = {"mean": "mean over OOD sets", "near": "mean over near-OOD sets", "far": "mean over far-OOD sets"}.get(
+        set_name, f"OOD set {set_name}")
     return {"section": SECTION, "table": f"{where} \u00b7 {METRIC_LABELS.get(name, name)}", "column": score,
             "key": {"set": set_name, "score": score, "metric": name}}
 
@@ -249,7 +251,8 @@ def _evaluate(inp: Inputs, analysis: str, scores: Any, allow_grad: bool, options
             s_in, s_out = id_scores[n], sc(ood_set)
             arrays[f"scores/{set_name}/{n}"] = s_out.numpy().astype(np.float32)
             res = ood_metrics(s_in, s_out)
-            common = {"set": set_name, "score": n, "n_id": len(s_in), "n_ood": len(s_out), **settings}
+            common = {"set": set_name, "group": set_group(set_name, inp.ood_data.get(set_name)), "score": n,
+                      "n_id": len(s_in), "n_ood": len(s_out), **settings}
             for key, hib in (("auroc", True), ("aupr_in", True), ("aupr_out", True), ("fpr95", False)):
                 extra = {"tpr": FPR_AT_TPR} if key == "fpr95" else {}
                 metrics[f"ood/{set_name}/{n}/{key}"] = metric(res[key], hib, analysis, **_place(set_name, n, key),
@@ -265,6 +268,19 @@ def _evaluate(inp: Inputs, analysis: str, scores: Any, allow_grad: bool, options
             for key, hib in (("auroc", True), ("fpr95", False)):
                 metrics[f"ood/mean/{n}/{key}"] = metric(float(np.mean(per_score[n][key])), hib, analysis,
                                                         **_place("mean", n, key), score=n, over_sets=list(inp.ood))
+    # Means over the near-OOD sets (held-out classes: semantic shift) and the far-OOD sets (noise), reported apart:
+    # far-OOD noise says little about a model's OOD detection; near-OOD is what the OOD literature reports.
+    groups: dict[str, list[int]] = {}
+    for i, set_name in enumerate(inp.ood):
+        g = set_group(set_name, inp.ood_data.get(set_name))
+        if g is not None:
+            groups.setdefault(g, []).append(i)
+    for g, idx in groups.items():
+        for n in scorers:
+            for key, hib in (("auroc", True), ("fpr95", False)):
+                metrics[f"ood/{g}/{n}/{key}"] = metric(float(np.mean([per_score[n][key][i] for i in idx])), hib,
+                                                       analysis, **_place(g, n, key), score=n, group=g,
+                                                       over_sets=[list(inp.ood)[i] for i in idx])
     return Output(metrics, plots, arrays, skipped=dict(skipped))
 
 

@@ -4,13 +4,16 @@
 
 prints one table: per method, each metric's mean ± std over seeds and, for every method but the baseline, the paired
 difference to the baseline with its 95 % Student-t interval (in percentage points for metrics in [0, 1] that are
-rates: accuracies, ECE; plain units otherwise). A difference whose interval excludes 0 is marked with *.
+rates: accuracies, ECE; plain units otherwise). A difference whose interval excludes 0 is marked with *; with
+fewer than 3 seeds or a zero-width interval the interval is "n/a" and nothing is marked (embedlab.stats.interval).
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from embedlab.stats import interval, significant
 
 RATES = ("accuracy", "acc", "ece", "auroc", "fpr95", "mce", "brier")
 
@@ -30,13 +33,15 @@ def cell(entry: dict | None, metric: str) -> tuple[str, str]:
     d = entry.get("diff_to_baseline")
     if not d:
         return mean, "–"
-    ci = d.get("ci95")
+    ci = interval(d)
     digits = 2 if scale == 100.0 else 3
     text = f"{scale * d['mean']:+.{digits}f}{unit}"
     if ci:
         text += f" [{scale * ci[0]:+.{digits}f}, {scale * ci[1]:+.{digits}f}]"
-        if ci[0] > 0 or ci[1] < 0:
+        if significant(d):
             text += " *"
+    else:
+        text += " [n/a]"
     return mean, text
 
 

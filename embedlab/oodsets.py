@@ -14,7 +14,12 @@ in-distribution (ID) dataset's input shape and value range [0, 1] and ``y = −1
     far-OOD: every input value i.i.d. ``U[0, 1]``.
 ``NAME`` or ``NAME:ROOT``
     the ``test`` split of any registered dataset (``cifar100``, ``svhn``, ``imagefolder:PATH``…), read from ``ROOT``
-    when given, else from ``data_root``. Its input shape must equal the ID shape.
+    when given, else from ``data_root``. Its input shape must equal the ID shape. Prefix ``near:`` or ``far:``
+    (``near:cifar100``, ``far:svhn``) to put it in that group.
+
+**Groups.** OOD results are reported per set and as means over the *near* sets (``heldout`` and ``near:`` datasets:
+semantic shift, same image statistics — what the OOD literature reports) and the *far* sets (the noise sets and
+``far:`` datasets). A named dataset without a prefix is in neither group (only in the mean over all sets).
 
 Noise sets hold ``n`` examples (default: the size of the ID test split) drawn from a ``torch.Generator`` seeded by
 ``seed`` and the set's name, so each set is reproducible on its own and adding or reordering specs changes no set.
@@ -33,10 +38,29 @@ from torch.utils.data import Dataset
 from embedlab.data import DATASETS, ClassSubset, DataSource, TensorData, create_dataset
 from embedlab.errors import EmbedlabError
 
-__all__ = ["GAUSSIAN_MEAN", "GAUSSIAN_STD", "NOISE_SETS", "build_ood_sets", "default_ood_specs", "noise_images"]
+__all__ = ["GAUSSIAN_MEAN", "GAUSSIAN_STD", "GROUPS", "NOISE_SETS", "build_ood_sets", "default_ood_specs", "ood_group",
+           "noise_images", "set_group"]
 
 GAUSSIAN_MEAN, GAUSSIAN_STD = 0.5, 0.25
 NOISE_SETS = ("gaussian", "uniform")
+GROUPS = ("near", "far")
+
+
+def _split_group(spec: str) -> tuple[str | None, str]:
+    """``"near:cifar100"`` → ``("near", "cifar100")``; built-in sets take their own group; others None."""
+    group, sep, rest = spec.partition(":")
+    if sep and group in GROUPS and rest:
+        return group, rest
+    return ("near" if spec == "heldout" else "far" if spec in NOISE_SETS else None), spec
+
+
+def ood_group(spec: str) -> str | None:
+    """The group of an OOD set spec or name: ``"near"``, ``"far"`` or None (see the module doc).
+
+    >>> ood_group("heldout"), ood_group("gaussian"), ood_group("near:cifar100"), ood_group("svhn")
+    ('near', 'far', 'near', None)
+    """
+    return _split_group(spec.strip())[0]
 
 
 def default_ood_specs(data: DataSource) -> list[str]:
@@ -63,8 +87,8 @@ def noise_images(kind: str, n: int, shape: tuple[int, ...], seed: int) -> Tensor
 class Unlabelled(Dataset):
     """``base`` with every label replaced by −1 (batched ``__getitems__`` where ``base`` has one)."""
 
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
+    def __init__(self, base: Dataset, group: str | None = None) -> None:
+        self.base, self.ood_group = base, group
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -105,7 +129,8 @@ def build_ood_sets(specs: list[str], data: DataSource, *, n: int | None = None, 
         raise EmbedlabError("no OOD sets given; name some, e.g. gaussian,uniform,heldout,svhn")
     shape = tuple(data.info.input_shape)
     out: dict[str, Dataset] = {}
-    for spec in specs:
+    for given in specs:
+        _, spec = _split_group(given)
         name = _set_name(spec)
         if name in out:
             raise EmbedlabError(f"OOD set {name!r} is given twice")
@@ -130,5 +155,10 @@ def build_ood_sets(specs: list[str], data: DataSource, *, n: int | None = None, 
             if other_shape != shape:
                 raise EmbedlabError(f"OOD set {name!r} has input shape {other_shape} but the model's dataset "
                                     f"{data.info.name!r} has {shape}; choose a set with the same shape")
-            out[name] = Unlabelled(other.split("test"))
+            out[name] = Unlabelled(other.split("test"), _split_group(given)[0])
     return out
+
+
+def set_group(name: str, dataset: Any = None) -> str | None:
+    """The group of a built OOD set: a ``near:``/``far:`` dataset's own, else that of its name."""
+    return getattr(dataset, "ood_group", None) or ood_group(name)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from embedlab.reports import svg
 from embedlab.errors import EmbedlabError
+from embedlab.stats import interval, significant
 from embedlab.reports.load import StudyResult
 from embedlab.reports.study_figures import png_bytes, study_figures
 from embedlab.reports.tables import MISSING, format_sig, label_noise_text
@@ -37,9 +38,11 @@ def _mean_ci(entry: Any) -> str:
     if not isinstance(entry, Mapping):
         return MISSING
     text = _num(entry.get("mean"))
-    ci = entry.get("ci95")
-    if isinstance(ci, list) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+    ci = interval(entry)
+    if ci is not None:
         text += f" [{_num(ci[0])}, {_num(ci[1])}]"
+    elif entry.get("ci95") is not None or entry.get("ci95_na"):
+        text += " [n/a]"
     return text
 
 
@@ -204,16 +207,20 @@ def _benchmark_tables(data: Mapping[str, Any]) -> list[dict[str, Any]]:
                     cells.append(MISSING)
                     continue
                 text = f"{_num(d.get('mean'), 4)}"
-                ci = d.get("ci95")
-                if isinstance(ci, list) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
-                    text = f"{d['mean']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
+                ci = interval(d)
+                if ci is not None:
+                    text = f"{d['mean']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]" + (" *" if significant(d) else "")
+                elif isinstance(d.get("mean"), (int, float)):
+                    text = f"{d['mean']:+.4f} [n/a]"
                 cells.append(text)
             diffs.append(cells)
         tables.append(_table(f"Paired difference to {base} (mean [95 % interval] over seeds)",
                              ["method"] + [head(m) for m in present], diffs,
                              "Per seed s: metric(method, s) \u2212 metric(baseline, s); the interval is Student-t with "
-                             "n \u2212 1 degrees of freedom over the n seeds. An interval that excludes 0 is a difference "
-                             "seen in every reasonable reading of these seeds; with 3 seeds intervals are wide."))
+                             "n \u2212 1 degrees of freedom over the n seeds; * marks an interval that excludes 0 (per "
+                             "cell, not corrected for the number of cells). n/a: fewer than 3 seeds or a zero-width "
+                             "interval, where no interval is reported and nothing is marked. The interval covers seed "
+                             "variation only (one data split, one noise draw, one test set)."))
     return tables
 
 

@@ -14,6 +14,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from embedlab.errors import EmbedlabError
+from embedlab.stats import interval, significant
 from embedlab.reports.aggregate import group_results
 from embedlab.reports.load import ModelResult, StudyResult
 from embedlab.reports.studies import benchmark_entry, benchmark_grid
@@ -178,19 +179,20 @@ def benchmark_tables(study: StudyResult, labels: set[str] | None = None) -> list
             if mean is None:
                 cells.append("--")
                 continue
-            ci = d.get("ci95")
-            lo, hi = (_num(ci[0]), _num(ci[1])) if isinstance(ci, list) and len(ci) == 2 else (None, None)
-            if lo is None or hi is None:
-                cells.append(f"${mean:+.4f}$")
+            ci = interval(d)
+            if ci is None:
+                cells.append(f"${mean:+.4f}$ [n/a]")
                 continue
+            lo, hi = ci
             text = rf"{mean:+.4f}\ [{lo:+.4f}, {hi:+.4f}]"
-            cells.append(f"$\\mathbf{{{text}}}$" if lo > 0 or hi < 0 else f"${text}$")
+            cells.append(f"$\\mathbf{{{text}}}$" if significant(d) else f"${text}$")
         diffs.append(cells)
     if diffs:
         header = ["Method"] + [tex_escape(m) + (f" {_ARROW[better[m]]}" if better[m] is not None else "")
                                for m in present]
         caption = (f"Benchmark on {dataset}: paired difference to {tex_escape(base)} (same seed), mean and 95\\,\\% "
-                   r"Student-$t$ interval over the seeds; bold: the interval excludes 0.")
+                   r"Student-$t$ interval over the seeds; bold: the interval excludes 0 (per cell, uncorrected); "
+                   r"n/a: fewer than 3 seeds or a zero-width interval.")
         out += _float(caption, _label(labels, key, "paired"), _tabular(header, diffs, "l" + "r" * len(present)))
     return out
 

@@ -79,9 +79,10 @@ def test_benchmark_end_to_end_paired_and_resumable(tmp_path, capsys):
             assert "diff_to_baseline" not in e
             continue
         d = [acc[(label, s)] - acc[("erm", s)] for s in (0, 1)]
-        half = 12.706204736174698 * statistics.stdev(d) / math.sqrt(2)  # t_{0.975, 1}
         assert e["diff_to_baseline"]["mean"] == pytest.approx(statistics.fmean(d))
-        assert e["diff_to_baseline"]["ci95"] == pytest.approx([statistics.fmean(d) - half, statistics.fmean(d) + half])
+        # two seeds: no interval is reported (t_{0.975, 1} = 12.7 stretches the range), nothing is significant
+        assert e["diff_to_baseline"]["ci95"] is None and e["diff_to_baseline"]["ci95_na"] == "n ≤ 2"
+        assert e["diff_to_baseline"]["significant"] is False
     assert rows["multimix[p=1;n=64]"]["options"] == {"p": 1, "n": 64}
     meta = json.loads((out / "runs" / "multimix-p1-n64" / "seed1" / "meta.json").read_text())
     assert meta["method"]["options"]["p"] == 1.0 and meta["method"]["options"]["n"] == 64
@@ -116,3 +117,69 @@ def test_benchmark_bad_baseline_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "--baseline 'erm' is not one of --methods" in err
     assert main(argv[:-1] + ["--seeds", "1,1", "--baseline", "none", "--no-progress"]) == 2
     assert "--seeds: expected distinct integers" in capsys.readouterr().err
+
+
+def _bench_file(folder):
+    """A benchmark.json as written before the n ≤ 2 rule: one 2-seed difference with an interval that excludes 0,
+    one 3-seed difference of zero width (identical per-seed differences), one genuine 3-seed interval above 0."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def e(mean, diff=None, n=3):
+        out = {"mean": mean, "std": 0.01, "ci95": [mean - 0.02, mean + 0.02], "n": n}
+        if diff is not None:
+            out["diff_to_baseline"] = {"mean": diff[0], "std": diff[3], "ci95": [diff[1], diff[2]], "n": n,
+                                       "per_seed": {str(s): diff[0] for s in range(n)}}
+        return out
+
+    rows = [{"label": "erm", "seeds_done": [0, 1, 2], "metrics": {"accuracy": e(0.5), "ece": e(0.1), "nll": e(1.0)}},
+            {"label": "mixup", "seeds_done": [0, 1, 2],
+             "metrics": {"accuracy": e(0.666, (0.166, 0.166, 0.166, 0.0)),             # zero width, n = 3
+                         "ece": e(0.08, (-0.02, -0.09, 0.05, 0.03)),                   # genuine, includes 0
+                         "nll": e(0.9, (-0.111, -0.2, -0.022, 0.04))}},                # genuine, excludes 0
+            {"label": "multimix", "seeds_done": [0, 1],
+             "metrics": {"accuracy": e(0.7, (0.2, 0.15, 0.25, 0.005), n=2)}}]          # n = 2
+    data = {"kind": "embedlab.study", "study": "benchmark", "baseline": "erm", "seeds": [0, 1, 2],
+            "config": {"dataset": "digits"}, "directions": {"accuracy": "higher", "ece": "lower", "nll": "lower"},
+            "rows": rows}
+    (folder / "benchmark.json").write_text(json.dumps(data))
+    return folder / "benchmark.json", data
+
+
+def test_no_interval_and_no_mark_with_two_seeds_or_zero_width_in_every_renderer(tmp_path, capsys):
+    """n ≤ 2 or a zero-width interval: "n/a", never starred or bolded — in the JSON rule (embedlab.stats), the CLI
+    table, the HTML and Markdown reports, LaTeX and RESULTS.md's table script — also for files written before."""
+    import importlib.util
+    from pathlib import Path
+
+    from embedlab.stats import interval, significant
+    from embedlab.trainers.studies.benchmark import markdown_table
+
+    path, data = _bench_file(tmp_path / "b")
+    rows = {r["label"]: r for r in data["rows"]}
+    zero, n2 = rows["mixup"]["metrics"]["accuracy"]["diff_to_baseline"], rows["multimix"]["metrics"]["accuracy"]["diff_to_baseline"]
+    genuine = rows["mixup"]["metrics"]["nll"]["diff_to_baseline"]
+    assert interval(zero) is None and interval(n2) is None and not significant(zero) and not significant(n2)
+    assert interval(genuine) == (-0.2, -0.022) and significant(genuine)
+    assert mean_ci([0.166, 0.166, 0.166])["ci95"] is None and mean_ci([0.3, 0.4])["ci95"] is None
+    assert mean_ci([0.1, 0.2, 0.4])["ci95"] is not None
+
+    cli = markdown_table(data, ("accuracy", "nll"))
+    assert "+16.60 pp [n/a]" in cli and "+20.00 pp [n/a]" in cli and "-0.11 [-0.20, -0.02] *" in cli
+    assert cli.count("*") == 1
+
+    spec = importlib.util.spec_from_file_location("results_tables", Path(__file__).parents[1] / "benchmarks" / "results_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    md = mod.table(data, ["accuracy", "ece", "nll"])
+    assert "+16.60 [n/a]" in md and "+20.00 [n/a]" in md and "-0.111 [-0.200, -0.022] *" in md and md.count(" *") == 1
+
+    for fmt, name in (("html", "r.html"), ("md", "r.md"), ("tex", "r.tex")):
+        assert main(["report", str(path), "-o", str(tmp_path / name), "--format", fmt]) == 0, capsys.readouterr().err
+    html = (tmp_path / "r.html").read_text()
+    assert "+0.1660 [n/a]" in html and "+0.2000 [n/a]" in html and "-0.1110 [-0.2000, -0.0220] *" in html
+    assert "[+0.1660, +0.1660]" not in html and "[+0.1500, +0.2500]" not in html
+    mdr = (tmp_path / "r.md").read_text().replace("\\", "")  # Markdown escapes [ ] *
+    assert "+0.1660 [n/a]" in mdr and "-0.1110 [-0.2000, -0.0220] *" in mdr and "[+0.1500, +0.2500]" not in mdr
+    tex = (tmp_path / "r.tex").read_text()
+    assert r"$+0.1660$ [n/a]" in tex and r"$+0.2000$ [n/a]" in tex
+    assert r"$\mathbf{-0.1110\ [-0.2000, -0.0220]}$" in tex and tex.count(r"\mathbf{+0.") == 0

@@ -419,6 +419,37 @@ def test_ood_analysis_end_to_end_through_the_runner(tmp_path):
         assert m[f"ood/uniform/{n}/auroc"]["value"] > 0.9, n
     assert res["plots"]["ood"]["skipped_scores"] == {}
     assert set(res["plots"]["ood"]["sets"]) == {"heldout", "gaussian", "uniform"}
+    # near (held-out classes) and far (noise) reported apart: the near mean is heldout's, the far mean the noise sets'
+    for n in A.OOD_SCORES.names():
+        for key in ("auroc", "fpr95"):
+            assert m[f"ood/near/{n}/{key}"]["value"] == pytest.approx(m[f"ood/heldout/{n}/{key}"]["value"])
+            far = (m[f"ood/gaussian/{n}/{key}"]["value"] + m[f"ood/uniform/{n}/{key}"]["value"]) / 2
+            assert m[f"ood/far/{n}/{key}"]["value"] == pytest.approx(far)
+            allm = (m[f"ood/heldout/{n}/{key}"]["value"] + 2 * far) / 3
+            assert m[f"ood/mean/{n}/{key}"]["value"] == pytest.approx(allm)
+    assert m["ood/near/msp/auroc"]["settings"]["over_sets"] == ["heldout"]
+    assert m["ood/far/msp/auroc"]["settings"]["over_sets"] == ["gaussian", "uniform"]
+    assert m["ood/heldout/msp/auroc"]["settings"]["group"] == "near"
+    assert m["ood/far/msp/auroc"]["table"].startswith("mean over far-OOD sets")
+
+
+def test_ood_groups_near_and_far_with_dataset_prefixes(tmp_path):
+    from embedlab.oodsets import ood_group, set_group
+
+    from PIL import Image
+
+    assert [ood_group(s) for s in ("heldout", "gaussian", "uniform", "svhn", "near:svhn", "far:imagefolder:/x")] == [
+        "near", "far", "far", None, "near", "far"]
+    root = tmp_path / "imgs"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / split / c / f"{i}.png")
+    sets = build_ood_sets(["gaussian", f"near:imagefolder:{root}"], create_dataset("imagefolder", str(root)), n=5)
+    assert list(sets) == ["gaussian", "imagefolder:imgs"]  # the prefix is not part of the set's name
+    assert set_group("imagefolder:imgs", sets["imagefolder:imgs"]) == "near"
+    assert set_group("gaussian", sets["gaussian"]) == "far"
 
 
 # ------------------------------------------------------------------------------------------------ pytorch-ood

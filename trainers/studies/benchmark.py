@@ -27,7 +27,7 @@ from embedlab.checkpoint import utc_now, versions
 from embedlab.config import TrainConfig, auto_type
 from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write_json
-from embedlab.stats import mean_ci
+from embedlab.stats import interval, mean_ci, significant
 from embedlab.trainers.studies import register_study
 
 KIND = "embedlab.study"
@@ -109,8 +109,10 @@ def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> d
     if not common:
         return None
     d = [values[s] - baseline[s] for s in common]
-    return {**mean_ci(d), "per_seed": {str(s): x for s, x in zip(common, d)},
-            "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
+    out = {**mean_ci(d), "per_seed": {str(s): x for s, x in zip(common, d)},
+           "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
+    out["significant"] = significant(out)  # the interval exists (n ≥ 3, width > 0) and excludes 0
+    return out
 
 
 def _numeric_metrics(results: dict[str, Any]) -> dict[str, float]:
@@ -237,9 +239,10 @@ def markdown_table(result: dict[str, Any], metrics: Sequence[str] = KEY_METRICS,
             else:
                 scale = 100.0 if pp and m in PERCENT_METRICS else 1.0
                 unit = " pp" if scale == 100.0 else ""
-                ci = d.get("ci95")
+                ci = interval(d)
                 cells.append(f"{scale * d['mean']:+.2f}{unit}" + (f" [{scale * ci[0]:+.2f}, {scale * ci[1]:+.2f}]"
-                                                                   if ci else ""))
+                                                                   + (" *" if significant(d) else "")
+                                                                   if ci else " [n/a]"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
