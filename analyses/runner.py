@@ -26,7 +26,7 @@ from embedlab.checkpoint import check_meta, load_model, resolve_checkpoint, utc_
 from embedlab.config import MAX_CLASSES, check_option_types
 from embedlab.data import DataSource, create_dataset, without_label_noise
 from embedlab.errors import EmbedlabError
-from embedlab.io import atomic_write, atomic_write_json, sha256_file
+from embedlab.io import atomic_write, atomic_write_json, exclusive, sha256_file
 from embedlab.store import Extracted, cached_extract
 
 SCHEMA_VERSION = 2  # docs/RESULTS_FORMAT.md
@@ -247,40 +247,17 @@ def analyze_source(src: Source, out_root: str | Path, *, analyses: list[str] | N
 
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
-    """Hold ``out_root/.<name>.lock`` while ``out`` is analysed and written: a second ``analyze`` writing the same
-    results folder (two models with one name into one --out) fails at once instead of silently replacing the
-    first's results. POSIX advisory lock (``flock``, released if the process dies); the file is removed when done,
-    and a lock taken on a file another process already removed does not count. None on Windows."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    import os
-
+    """Hold ``out_root/.<name>.lock`` while ``out`` is analysed and written (:func:`embedlab.io.exclusive`): a second
+    ``analyze`` writing the same results folder (two models with one name into one --out) fails at once instead of
+    silently replacing the first's results. A failed analysis leaves no empty --out behind."""
     created = not out.parent.exists()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock = out.parent / f".{out.name}.lock"
-    busy = EmbedlabError(f"another embedlab process is writing {out} now (lock {lock}); wait for it to finish, or "
-                         f"give this model another name or --out")
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise busy from None
-        try:
-            if os.stat(lock).st_ino != os.fstat(fh.fileno()).st_ino:  # its holder finished and removed it meanwhile
-                raise busy
-        except FileNotFoundError:
-            raise busy from None
-        try:
+    try:
+        with exclusive(out, "writing", "wait for it to finish, or give this model another name or --out"):
             yield
-        finally:
-            lock.unlink(missing_ok=True)  # while still holding it: whoever opens the path next makes a new file
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-            if created:
-                with contextlib.suppress(OSError):  # a failed analysis leaves no empty --out behind
-                    out.parent.rmdir()
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                out.parent.rmdir()
 
 
 def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache_dir: str | Path | None,

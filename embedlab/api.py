@@ -194,9 +194,12 @@ def check_new_run(out: str | os.PathLike[str], force: bool, resume: bool = False
     if existing is not None and not force:
         raise EmbedlabError(f"{existing} already exists; choose another --out, pass --resume to continue it "
                             f"or --force to overwrite")
-    if force and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 touches files
-        for name in ("metrics.jsonl", STATE_FILE):
-            (out / name).unlink(missing_ok=True)
+    if force and os.environ.get("RANK", "0") == "0" and existing is not None:  # under torchrun only rank 0
+        from embedlab.io import exclusive
+
+        with exclusive(out, "training", "wait for it to finish before overwriting it, or choose another --out"):
+            for name in ("metrics.jsonl", STATE_FILE):  # not while another process trains into it
+                (out / name).unlink(missing_ok=True)
 
 
 def check_writable(folder: str | os.PathLike[str], name: str | os.PathLike[str] | None = None) -> None:

@@ -63,3 +63,40 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive(target: str | os.PathLike, what: str, hint: str) -> Iterator[None]:
+    """Hold ``<parent>/.<name>.lock`` while ``target`` (a folder or file) is written by this process: a second
+    embedlab process that would write the same target fails at once with :class:`~embedlab.errors.BusyError`
+    ("another embedlab process is <what> <target> now …; <hint>") instead of interleaving with the first.
+
+    POSIX advisory lock (``flock``: released by the kernel if the process dies, so a killed holder leaves no stale
+    lock); the lock file is removed when done, and a lock taken on a file another process already removed does not
+    count. No lock on Windows."""
+    from embedlab.errors import BusyError
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / f".{target.name}.lock"
+    busy = BusyError(f"another embedlab process is {what} {target} now (lock {lock}); {hint}")
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy from None
+        try:
+            if os.stat(lock).st_ino != os.fstat(fh.fileno()).st_ino:  # its holder finished and removed it meanwhile
+                raise busy
+        except FileNotFoundError:
+            raise busy from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # while still holding it: whoever opens the path next makes a new file
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

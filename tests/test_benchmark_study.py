@@ -183,3 +183,68 @@ def test_no_interval_and_no_mark_with_two_seeds_or_zero_width_in_every_renderer(
     tex = (tmp_path / "r.tex").read_text()
     assert r"$+0.1660$ [n/a]" in tex and r"$+0.2000$ [n/a]" in tex
     assert r"$\mathbf{-0.1110\ [-0.2000, -0.0220]}$" in tex and tex.count(r"\mathbf{+0.") == 0
+
+
+def test_a_run_folder_has_one_writer_and_the_grid_comes_back_to_a_held_run(tmp_path, capsys, monkeypatch):
+    """``train`` holds its --out's lock: a second writer is one line (BusyError, exit 2 from the CLI). A benchmark
+    that meets a held run skips it, finishes the others (seed-major: every method's seed 0 first) and then waits
+    for it, so two invocations of one grid never train the same run at once."""
+    import threading
+
+    from embedlab.errors import BusyError
+    from embedlab.io import exclusive
+
+    out = tmp_path / "bm"
+    held = out / "runs" / "erm" / "seed0"
+    with exclusive(held, "training", "wait"):
+        argv = ["train", "--epochs", "1", "--data-opt", "train_subset=200", "--model-opt", "width=4", "--device",
+                "cpu", "--no-progress", "--out", str(held)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "another embedlab process is training" in err and str(held) in err
+        held.mkdir(parents=True)
+        (held / "train_state.pt").write_bytes(b"x")  # --force does not delete a run another process is training
+        assert main(argv + ["--force"]) == 2 and "another embedlab process is training" in capsys.readouterr().err
+        assert (held / "train_state.pt").exists()
+        (held / "train_state.pt").unlink()
+        held.rmdir()
+        import dataclasses
+
+        from embedlab.recipes import load_recipe
+        from embedlab.trainers import train
+
+        with pytest.raises(BusyError):
+            train(dataclasses.replace(load_recipe("digits").resolved(), epochs=1, device="cpu"), held, progress=False)
+    assert not any(held.parent.glob(".seed0.lock"))
+
+    release = threading.Event()
+
+    def hold():
+        with exclusive(held, "training", "wait"):
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    lines: list[str] = []
+
+    def log(s):
+        lines.append(s)
+        if "waiting for 1 run(s)" in s:
+            release.set()  # the "other process" finishes only once the grid has done everything else
+
+    argv = ["study", "benchmark", "--recipe", "digits", "--epochs", "1", "--subset", "200", "--seeds", "0,1",
+            "--methods", "erm,mixup", "--analyses", "accuracy", "--out", str(out), "--device", "cpu",
+            "--no-progress", "--no-report"]
+    import embedlab.trainers.studies.benchmark as B
+    real = B.run_benchmark
+    monkeypatch.setattr(B, "run_benchmark", lambda *a, **k: real(*a, **{**k, "log": log, "poll_seconds": 0.2}))
+    try:
+        assert main(argv) == 0
+    finally:
+        release.set()
+        holder.join()
+    order = [line.split("] ", 1)[1] for line in lines if line.startswith("[benchmark ") and "/4]" in line]
+    assert order == ["erm, seed 0", "mixup, seed 0", "erm, seed 1", "mixup, seed 1", "erm, seed 0"]
+    assert any("erm, seed 0: another process holds it" in line for line in lines)
+    res = json.loads((out / "benchmark.json").read_text())
+    assert res["complete"] and res["results"]["erm"] == {"1": "erm-seed1", "0": "erm-seed0"}

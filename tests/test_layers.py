@@ -2,7 +2,7 @@
 namespace, and the packaging that maps the repository's folders onto it.
 
     core (embedlab.*: config, data, models, methods, metrics, ...)  ←  embedlab.trainers, embedlab.analyses
-    embedlab.reports reads files only: no torch, no trainers or analyses; from core only errors, io and config
+    embedlab.reports reads files only: no torch, no trainers or analyses; from core only errors, io, config and stats (pure statistics, no torch)
     embedlab.api composes every layer; embedlab.cli is argparse over embedlab.api
     (embedlab/__init__.py re-exports the API lazily and embedlab/__main__.py runs the CLI: entry points, not layers)
 
@@ -75,7 +75,7 @@ FORBIDDEN = {
     "embedlab.cli": set(),
 }
 ENTRY_POINTS = {"embedlab", "embedlab.__main__"}  # the package's lazy re-export of the API, and `python -m embedlab`
-REPORTS_MAY_USE = {"embedlab", "embedlab.errors", "embedlab.io", "embedlab.config"}
+REPORTS_MAY_USE = {"embedlab", "embedlab.errors", "embedlab.io", "embedlab.config", "embedlab.stats"}
 CLI_MAY_USE = {"embedlab", "embedlab.api", "embedlab.errors", "embedlab.config", "embedlab.recipes"}
 
 

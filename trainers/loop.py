@@ -37,7 +37,7 @@ from embedlab.checkpoint import WEIGHTS, hardware, save_checkpoint, utc_now, ver
 from embedlab.config import TrainConfig, check_option_types, config_diff
 from embedlab.data import DataSource, collate_batched, create_dataset
 from embedlab.errors import EmbedlabError
-from embedlab.io import atomic_write_json, atomic_write_text
+from embedlab.io import atomic_write_json, atomic_write_text, exclusive
 from embedlab.methods import MixMethod, create_method
 from embedlab.models import MODELS, EmbedNet, create_model
 from embedlab.trainers.distributed import (DistEnv, all_reduce_sum, average_buffers, gather_objects, resolve_device, setup)
@@ -230,7 +230,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True, log: 
     cfg.validate()
     env, device, created = setup(cfg.device)
     try:
-        return _train(cfg, Path(out_dir), env, device, progress=progress, log=log, resume=resume)
+        # one writer per run folder (rank 0 holds it for all ranks): a second train or --resume of the same --out
+        # fails at once instead of interleaving metrics.jsonl and mixing two runs' weights
+        lock = (exclusive(out_dir, "training", "wait for it to finish, or choose another --out")
+                if env.is_main else contextlib.nullcontext())
+        with lock:
+            return _train(cfg, Path(out_dir), env, device, progress=progress, log=log, resume=resume)
     finally:
         if created:
             torch.distributed.destroy_process_group()

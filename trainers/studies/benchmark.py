@@ -8,9 +8,12 @@ summarised per metric: mean and standard deviation over seeds, and for every met
 
 Method specs: ``NAME`` or ``NAME[key=value;key=value]`` (options as with ``-O``), e.g.
 ``dense_multimix[attention=none;p=1]``; the spec text is the row's label. Runs go to ``OUT/runs/<label>/seed<S>``;
-a finished run (its checkpoint and a training state whose config matches) is reused, an interrupted one resumed,
-and a run already analysed with the same weights and analyses is not analysed again, so an interrupted benchmark
-continues run by run. ``OUT/benchmark.json`` is rewritten atomically after every run.
+a finished run (its checkpoint and a training state whose config matches) is reused, an interrupted one resumed
+(epoch by epoch), and a run already analysed with the same weights and analyses is not analysed again, so an
+interrupted benchmark continues run by run. Runs go **seed-major** (every method's seed 0, then seed 1, …), so a grid
+stopped part-way already holds paired comparisons. Each run folder is locked while it trains and its results while
+they are written; a run another process holds is skipped and come back to, so two invocations of one grid never
+train the same run at once. ``OUT/benchmark.json`` is rewritten atomically after every run.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from embedlab.checkpoint import utc_now, versions
 from embedlab.config import TrainConfig, auto_type
-from embedlab.errors import EmbedlabError
+from embedlab.errors import BusyError, EmbedlabError
 from embedlab.io import atomic_write_json
 from embedlab.stats import interval, mean_ci, significant
 from embedlab.trainers.studies import register_study
@@ -166,7 +169,8 @@ def summarise(specs: Sequence[MethodSpec], seeds: Sequence[int], per_run: dict[s
 def run_benchmark(base: TrainConfig, out_dir: str | Path, *, specs: Sequence[MethodSpec], seeds: Sequence[int],
                   analyze: Callable[[Path, str], Path], analyses: Sequence[str],
                   analysis_settings: dict[str, dict[str, Any]] | None = None, baseline: str | None = "erm",
-                  progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+                  progress: bool = True, log: Callable[[str], None] = print,
+                  poll_seconds: float = 30.0) -> dict[str, Any]:
     """Train, analyse and summarise every (method, seed); returns what is written to ``OUT/benchmark.json``.
 
     ``analyze(checkpoint, name)`` analyses one checkpoint into ``OUT/results/<name>/`` and returns that folder.
@@ -183,35 +187,58 @@ def run_benchmark(base: TrainConfig, out_dir: str | Path, *, specs: Sequence[Met
     runs_index: dict[str, dict[str, str]] = {}
     timing: dict[str, dict[str, float]] = {}
     total = len(specs) * len(seeds)
-    done = 0
-    for spec in specs:
-        for seed in seeds:
-            done += 1
-            cfg = dataclasses.replace(base, method=spec.method, method_options=dict(spec.options), seed=seed)
-            run = out / "runs" / slug(spec.label) / f"seed{seed}"
-            name = f"{slug(spec.label)}-seed{seed}"
-            log(f"[benchmark {done}/{total}] {spec.label}, seed {seed}")
-            t_run = time.perf_counter()
-            ckpt = train(cfg, run, progress=progress, log=log, resume=True)
-            t_train = _training_seconds(run, time.perf_counter() - t_run)
-            res_dir = analyze(ckpt, name)
-            results = json.loads((res_dir / "results.json").read_text())
-            per_run.setdefault(spec.label, {})[str(seed)] = _numeric_metrics(results)
-            directions.update(_directions(results))
-            runs_index.setdefault(spec.label, {})[str(seed)] = name
-            timing.setdefault(spec.label, {})[str(seed)] = round(t_train, 2)
-            result = {
-                "kind": KIND, "study": STUDY, "schema_version": SCHEMA_VERSION, "created_utc": utc_now(),
-                "config": dataclasses.asdict(base), "seeds": list(seeds), "baseline": baseline,
-                "analyses": list(analyses), "analysis_settings": analysis_settings or {}, "methods": [dataclasses.asdict(s) for s in specs],
-                "complete": done == total, "rows": summarise(specs, seeds, per_run, baseline),
-                "directions": directions, "results": runs_index, "train_seconds": timing,
-                "train_seconds_total": round(sum(v for m in timing.values() for v in m.values()), 1),
-                "seconds": time.perf_counter() - t0, "versions": versions(),
-                "statistics": "per metric: mean, sample std and Student-t 95 % interval over seeds; diff_to_baseline: "
-                              "the same over the seeds of the paired difference method − baseline (same seed)",
-            }
-            atomic_write_json(out / FILENAME, result)
+    result: dict[str, Any] = {}
+
+    def one(spec: MethodSpec, seed: int) -> None:
+        nonlocal result
+        cfg = dataclasses.replace(base, method=spec.method, method_options=dict(spec.options), seed=seed)
+        run = out / "runs" / slug(spec.label) / f"seed{seed}"
+        name = f"{slug(spec.label)}-seed{seed}"
+        t_run = time.perf_counter()
+        ckpt = train(cfg, run, progress=progress, log=log, resume=True)
+        t_train = _training_seconds(run, time.perf_counter() - t_run)
+        res_dir = analyze(ckpt, name)
+        results = json.loads((res_dir / "results.json").read_text())
+        per_run.setdefault(spec.label, {})[str(seed)] = _numeric_metrics(results)
+        directions.update(_directions(results))
+        runs_index.setdefault(spec.label, {})[str(seed)] = name
+        timing.setdefault(spec.label, {})[str(seed)] = round(t_train, 2)
+        done = sum(len(v) for v in runs_index.values())
+        result = {
+            "kind": KIND, "study": STUDY, "schema_version": SCHEMA_VERSION, "created_utc": utc_now(),
+            "config": dataclasses.asdict(base), "seeds": list(seeds), "baseline": baseline,
+            "analyses": list(analyses), "analysis_settings": analysis_settings or {},
+            "methods": [dataclasses.asdict(s) for s in specs],
+            "complete": done == total, "rows": summarise(specs, seeds, per_run, baseline),
+            "directions": directions, "results": runs_index, "train_seconds": timing,
+            "train_seconds_total": round(sum(v for m in timing.values() for v in m.values()), 1),
+            "seconds": time.perf_counter() - t0, "versions": versions(),
+            "statistics": "per metric: mean, sample std and Student-t 95 % interval over seeds (none below 3 seeds "
+                          "or at zero width: ci95_na); diff_to_baseline: the same over the seeds of the paired "
+                          "difference method − baseline (same seed), with significant = the interval excludes 0 "
+                          "(per cell, uncorrected)",
+        }
+        atomic_write_json(out / FILENAME, result)
+
+    # Seed-major order: every method's seed 0 first, so an interrupted grid already holds paired comparisons. A run
+    # another process is training or analysing (its folder lock is held) is left for later, then waited for.
+    pending = [(spec, seed) for seed in seeds for spec in specs]
+    waited = False
+    while pending:
+        deferred = []
+        for spec, seed in pending:
+            log(f"[benchmark {sum(len(v) for v in runs_index.values()) + 1}/{total}] {spec.label}, seed {seed}")
+            try:
+                one(spec, seed)
+            except BusyError:
+                log(f"[benchmark] {spec.label}, seed {seed}: another process holds it; coming back to it later")
+                deferred.append((spec, seed))
+        pending = deferred
+        if pending:
+            if not waited:
+                log(f"[benchmark] waiting for {len(pending)} run(s) held by another process")
+                waited = True
+            time.sleep(poll_seconds)
     return result
 
 
