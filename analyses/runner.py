@@ -26,7 +26,7 @@ from embedlab.checkpoint import check_meta, load_model, resolve_checkpoint, utc_
 from embedlab.config import MAX_CLASSES, check_option_types
 from embedlab.data import DataSource, create_dataset, without_label_noise
 from embedlab.errors import EmbedlabError
-from embedlab.io import atomic_write, atomic_write_json, exclusive, sha256_file
+from embedlab.io import atomic_write, atomic_write_json, exclusive, sha256_file, with_digest
 from embedlab.store import Extracted, cached_extract
 
 SCHEMA_VERSION = 2  # docs/RESULTS_FORMAT.md
@@ -342,7 +342,9 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         np.savez(fh, **arrays)
     # the pair is one unit: results.json names the SHA-256 of the arrays written with it, and the report refuses a
     # results.json beside arrays.npz of another analysis (a failure between the two replacements)
-    atomic_write_json(out / "results.json", {
+    # digest: the file's own SHA-256 (embedlab.io.json_digest), so an edit after writing is detected (a study does
+    # not aggregate an edited results.json; the report warns)
+    atomic_write_json(out / "results.json", with_digest({
         "schema_version": SCHEMA_VERSION, "kind": KIND,
         "model": {"name": src.name, "source": str(src.path), "sha256": src.sha256, "meta": src.meta},
         "dataset": {"name": src.meta.get("dataset", {}).get("name", "?"), "split": "test",
@@ -351,7 +353,7 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         "metrics": metrics, "sections": sections, "plots": plots, "skipped": skipped, "settings": settings,
         "arrays": "arrays.npz",
         "arrays_sha256": sha256_file(out / "arrays.npz"), "created_utc": utc_now(), "versions": versions(),
-    })
+    }))
     return out
 
 

@@ -45,7 +45,7 @@ def cell(entry: dict | None, metric: str) -> tuple[str, str]:
     return mean, text
 
 
-def table(result: dict, metrics: list[str], with_diff: bool = True) -> str:
+def table(result: dict, metrics: list[str], with_diff: bool = True, relabel: dict[str, str] | None = None) -> str:
     base = result.get("baseline")
     head = ["method"]
     for m in metrics:
@@ -53,7 +53,8 @@ def table(result: dict, metrics: list[str], with_diff: bool = True) -> str:
         head += [m + unit] + ([f"Δ vs {base}"] if with_diff else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
-        cells = [f"`{row['label']}`" + (f" ({row['variant']})" if row.get("variant") else "")]
+        label = (relabel or {}).get(row["label"])
+        cells = [label if label else f"`{row['label']}`" + (f" ({row['variant']})" if row.get("variant") else "")]
         for m in metrics:
             mean, diff = cell(row["metrics"].get(m), m)
             cells += [mean] + ([diff] if with_diff else [])
@@ -61,13 +62,44 @@ def table(result: dict, metrics: list[str], with_diff: bool = True) -> str:
     return "\n".join(lines)
 
 
+def significance_count(result: dict, metrics: list[str], methods: list[str] | None = None) -> str:
+    """How many of the paired comparisons (method − baseline, per metric) have an interval that excludes 0, and in
+    which direction: the "k of n significant" of RESULTS.md's claims tables."""
+    rows = [r for r in result["rows"] if r["label"] != result.get("baseline")
+            and (methods is None or r["label"] in methods)]
+    directions = result.get("directions") or {}
+    n = better = worse = 0
+    for r in rows:
+        for m in metrics:
+            d = (r["metrics"].get(m) or {}).get("diff_to_baseline")
+            if not d:
+                continue
+            n += 1
+            if significant(d):
+                up = d["mean"] > 0
+                good = up if directions.get(m, "higher") == "higher" else not up
+                better += good
+                worse += not good
+    return f"{better + worse} of {n} significant ({better} better, {worse} worse)"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("benchmark", type=Path, help="benchmark.json")
     p.add_argument("metrics", nargs="+", help="metric names as in results.json")
     p.add_argument("--no-diff", action="store_true", help="means only")
+    p.add_argument("--relabel", action="append", default=[], metavar="LABEL=TEXT",
+                   help="print row LABEL as TEXT (e.g. to name the embedlab variant a row written before "
+                        "benchmark rows recorded it); repeatable")
+    p.add_argument("--count", metavar="METHODS", nargs="?", const="",
+                   help="print how many paired comparisons of METHODS (comma-separated; default all) are significant")
     a = p.parse_args()
-    print(table(json.loads(a.benchmark.read_text()), a.metrics, not a.no_diff))
+    result = json.loads(a.benchmark.read_text())
+    if a.count is not None:
+        print(significance_count(result, a.metrics, [m for m in a.count.split(",") if m] or None))
+        return
+    relabel = dict(r.split("=", 1) for r in a.relabel)
+    print(table(result, a.metrics, not a.no_diff, relabel))
 
 
 if __name__ == "__main__":

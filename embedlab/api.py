@@ -537,7 +537,9 @@ def _study_analyzer(out: Path, filename: str, options: dict[str, Any]):
     """The analysis callback of studies that analyse their runs: reuses results of the same weights and
     analyses, else runs them (the composition a study cannot do itself: trainers never import analyses)."""
     from embedlab.analyses.runner import analyze_source, check_settings, open_source
-    from embedlab.io import sha256_file
+    from embedlab.io import digest_ok, sha256_file
+
+    log_line = options.get("log") or print
 
     chosen = _chosen_analyses(options.get("analyses", "all"))
     options["analyses"] = chosen
@@ -553,8 +555,12 @@ def _study_analyzer(out: Path, filename: str, options: dict[str, Any]):
         res = out / "results" / name / "results.json"
         if same and res.is_file() and (out / "results" / name / "arrays.npz").is_file():
             try:
-                if json.loads(res.read_text())["model"]["sha256"] == sha256_file(ckpt):
-                    return res.parent  # analysed before with these weights and these analyses: not even loaded
+                prior = json.loads(res.read_text())
+                if prior["model"]["sha256"] == sha256_file(ckpt) and digest_ok(prior) and \
+                        prior.get("arrays_sha256") == sha256_file(res.parent / "arrays.npz"):
+                    return res.parent  # analysed before with these weights and these analyses, and unedited
+                if digest_ok(prior) is not True:
+                    log_line(f"{res} was changed after it was written (or predates digests): analysing {name} again")
             except (OSError, ValueError, KeyError, TypeError):
                 pass
         src = dataclasses.replace(open_source(ckpt, device), name=name)

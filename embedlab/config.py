@@ -61,6 +61,8 @@ def _coerce(value: Any, tp: Any, where: str, strict: bool = False) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise EmbedlabError(f"{where}: expected true/false, got {value!r}")
     if tp in (int, float, str):
+        if tp is not str and isinstance(value, bool):  # true/false is not a number (1.0 would be taken silently)
+            raise EmbedlabError(f"{where}: expected {tp.__name__}, got {value!r}")
         if strict:
             ok = (isinstance(value, str) if tp is str else
                   isinstance(value, int) and not isinstance(value, bool) if tp is int else
@@ -71,9 +73,12 @@ def _coerce(value: Any, tp: Any, where: str, strict: bool = False) -> Any:
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise EmbedlabError(f"{where}: expected an integer, got {value!r}")
         try:
-            return tp(value) if tp is not int else int(str(value), 10) if isinstance(value, str) else int(value)
-        except (TypeError, ValueError):
+            out = tp(value) if tp is not int else int(str(value), 10) if isinstance(value, str) else int(value)
+        except (TypeError, ValueError, OverflowError):
             raise EmbedlabError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if tp is float and not math.isfinite(out):  # inf, nan, or a literal past the float range (1e400)
+            raise EmbedlabError(f"{where}: expected a finite number, got {value!r}")
+        return out
     return value
 
 

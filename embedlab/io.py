@@ -100,3 +100,29 @@ def exclusive(target: str | os.PathLike, what: str, hint: str) -> Iterator[None]
         finally:
             lock.unlink(missing_ok=True)  # while still holding it: whoever opens the path next makes a new file
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+DIGEST_KEY = "digest"
+
+
+def json_digest(obj: dict[str, Any]) -> str:
+    """SHA-256 of ``obj`` without its ``digest`` key, as canonical JSON (sorted keys, no whitespace, ASCII): what a
+    results file records about itself when written, so a later edit (by hand, or a torn copy) is detected."""
+    body = {k: v for k, v in obj.items() if k != DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def with_digest(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with ``digest`` = :func:`json_digest` of the rest (last key)."""
+    return {**{k: v for k, v in obj.items() if k != DIGEST_KEY}, DIGEST_KEY: json_digest(obj)}
+
+
+def digest_ok(obj: Any) -> bool | None:
+    """True if ``obj``'s recorded digest matches its content, False if it does not, None if it records none."""
+    if not isinstance(obj, dict) or not isinstance(obj.get(DIGEST_KEY), str):
+        return None
+    try:
+        return obj[DIGEST_KEY] == json_digest(obj)
+    except (TypeError, ValueError):
+        return False

@@ -259,6 +259,15 @@ def _load_one(json_path: Path) -> ModelResult:
         except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:  # a guard: upgrade_v1 is total
             raise EmbedlabError(f"cannot upgrade schema version 1 results file {json_path}: {_one_line(e)}") from e
 
+    from embedlab.io import digest_ok
+
+    if digest_ok(results) is False:  # written with a digest, changed since: say so (the numbers may not be embedlab's)
+        import warnings
+
+        from embedlab.errors import EmbedlabWarning
+
+        warnings.warn(EmbedlabWarning(f"{json_path} was changed after embedlab wrote it (its digest does not match "
+                                      f"its content); its numbers are shown as they are now"), stacklevel=2)
     arrays_name = results.get("arrays") or "arrays.npz"
     if not isinstance(arrays_name, str):
         raise EmbedlabError(f"invalid results file {json_path}: 'arrays' must be a file name")

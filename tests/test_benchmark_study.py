@@ -29,6 +29,13 @@ def test_method_specs_parse_options_and_labels():
     ("multimix[p=1", r"unbalanced '\['"),
     ("multimix[p]", r"is not key=value"),
     ("erm,erm", r"repeated"),
+    ("mixup[alpha=inf]", r"option alpha: expected a finite number, got inf"),
+    ("mixup[alpha=1e400]", r"option alpha: expected a finite number"),
+    ("mixup[alpha=nan]", r"option alpha: expected a finite number"),
+    ("mixup[alpha=true]", r"option alpha: expected float, got True"),
+    ("multimix[n=1;n=2]", r"option 'n' is given twice"),
+    ("multimix[n=100000000000]", r"option n: at most 1,000,000 generated examples"),
+    ("erm,mixup[alphä=1]", r"unknown option\(s\) alphä"),
     ("", r"at least one method"),
 ])
 def test_method_spec_errors_are_one_line(text, match):
@@ -117,6 +124,10 @@ def test_benchmark_bad_baseline_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "--baseline 'erm' is not one of --methods" in err
     assert main(argv[:-1] + ["--seeds", "1,1", "--baseline", "none", "--no-progress"]) == 2
     assert "--seeds: expected distinct integers" in capsys.readouterr().err
+    # every spec is checked before the first run trains: erm is not trained when mixup's alpha is not finite
+    assert main(["study", "benchmark", "--methods", "erm,mixup[alpha=inf]", "--out", str(tmp_path / "c"),
+                 "--no-progress"]) == 2
+    assert "expected a finite number" in capsys.readouterr().err and not (tmp_path / "c" / "runs").exists()
 
 
 def _bench_file(folder):
@@ -248,3 +259,27 @@ def test_a_run_folder_has_one_writer_and_the_grid_comes_back_to_a_held_run(tmp_p
     assert any("erm, seed 0: another process holds it" in line for line in lines)
     res = json.loads((out / "benchmark.json").read_text())
     assert res["complete"] and res["results"]["erm"] == {"1": "erm-seed1", "0": "erm-seed0"}
+
+
+def test_a_hand_edited_results_json_is_not_aggregated_and_the_report_warns(tmp_path, capsys):
+    """results.json records its own digest: a resumed study re-analyses a run whose results.json was edited after
+    it was written (instead of aggregating the edited value), and the report names such a file in a warning."""
+    out = tmp_path / "bm"
+    argv = ["study", "benchmark", "--recipe", "digits", "--epochs", "1", "--subset", "200", "--seeds", "0",
+            "--methods", "erm", "--analyses", "accuracy", "--out", str(out), "--device", "cpu", "--no-progress",
+            "--no-report"]
+    assert main(argv) == 0
+    res_path = out / "results" / "erm-seed0" / "results.json"
+    res = json.loads(res_path.read_text())
+    true = res["metrics"]["accuracy"]["value"]
+    assert json.loads((out / "benchmark.json").read_text())["rows"][0]["metrics"]["accuracy"]["mean"] == true
+    res["metrics"]["accuracy"]["value"] = 0.999
+    res_path.write_text(json.dumps(res))
+    capsys.readouterr()
+    assert main(["report", str(out / "results"), "-o", str(tmp_path / "r.md"), "--format", "md"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "was changed after embedlab wrote it" in err and str(res_path) in err
+    assert main(argv) == 0
+    assert "was changed after it was written" in capsys.readouterr().out
+    assert json.loads((out / "benchmark.json").read_text())["rows"][0]["metrics"]["accuracy"]["mean"] == true
+    assert json.loads(res_path.read_text())["metrics"]["accuracy"]["value"] == true

@@ -27,6 +27,8 @@ from embedlab.methods.base import (
 )
 from embedlab.methods.pairwise import ERM, Mixup, MixupOptions
 from embedlab.models import EmbedNet
+
+MAX_N = 1_000_000  # generated examples per batch (MultiMix's and Dense MultiMix's n)
 from embedlab.sampling import dirichlet, gamma
 
 
@@ -44,6 +46,10 @@ class MultiMixOptions(AlphaOptions):
     def validate(self, where: str) -> None:
         super().validate(where)
         check_positive(where, n=self.n, fallback_alpha=self.fallback_alpha)
+        if self.n > MAX_N:  # Λ alone is n × m floats per batch
+            raise EmbedlabError(f"{where} option n: at most {MAX_N:,} generated examples per batch (Λ is n × m "
+                                f"floats: {self.n:,} × 128 would need {self.n * 128 * 4 / 2**30:,.0f} GiB), got "
+                                f"{self.n:,}; lower n")
         check_probability(where, p=self.p)
         if self.m is not None and self.m < 1:
             raise EmbedlabError(f"{where} option m: must be >= 1 (or none for m = b), got {self.m}")

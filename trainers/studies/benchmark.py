@@ -88,6 +88,8 @@ def parse_method_specs(text: str) -> list[MethodSpec]:
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
                 raise EmbedlabError(f"--methods: option {item!r} of {raw!r} is not key=value")
+            if key.strip() in opts:
+                raise EmbedlabError(f"--methods: option {key.strip()!r} is given twice in {raw!r}")
             opts[key.strip()] = auto_type(value.strip())
         variant = create_method(name, opts).variant()  # unknown method or bad option: one line, before training
         label = name if not opts else f"{name}[{';'.join(f'{k}={v}' for k, v in opts.items())}]"
