@@ -520,9 +520,31 @@ def study(name: str, out: str | os.PathLike[str], **options: Any) -> dict[str, A
     from embedlab.trainers.studies import STUDIES
 
     entry = STUDIES.get(name)
+    launcher = options.pop("launcher", None) or "none"
+    jobs, slurm = options.pop("jobs", None), options.pop("slurm", None)
+    if launcher != "none":  # a grid of runs through submitit: a local pool or SLURM (embedlab.launch)
+        from embedlab.launch import LAUNCHERS, SlurmOptions, make_launcher
+
+        if launcher not in LAUNCHERS:
+            raise EmbedlabError(f"launcher: one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+        if name != "benchmark":
+            raise EmbedlabError(f"launcher={launcher!r} runs benchmark grids only; study {name!r} runs here")
+        if isinstance(slurm, Mapping):
+            slurm = SlurmOptions(**slurm)
+        options["launch"] = make_launcher(launcher, out, options, jobs=jobs or 1, slurm=slurm)
+    elif jobs not in (None, 1) or slurm:
+        raise EmbedlabError("jobs= and slurm= need launcher='local' or 'slurm' (the default 'none' runs the grid "
+                            "here, one run after the other)")
     if entry.meta.get("analyses"):
         options.setdefault("analyze", _study_analyzer(Path(out), entry.meta["filename"], options))
     return entry.obj(out_dir=Path(out), **options)
+
+
+def grid_status(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The state of every run of the benchmark grid in ``out`` (see :func:`embedlab.launch.status`)."""
+    from embedlab.launch import status
+
+    return status(out)
 
 
 def study_table(name: str, data: Mapping[str, Any]) -> str:

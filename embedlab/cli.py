@@ -122,7 +122,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_study(a: argparse.Namespace) -> int:
-    out = Path(a.out)
+    if a.folder and a.study != "status":
+        raise EmbedlabError(f"study {a.study}: unexpected argument {a.folder!r}; the output folder is --out")
+    if not (a.out or a.folder):
+        raise EmbedlabError("study: --out is required (for status: the grid's folder, as `embedlab study status OUT`)")
+    out = Path(a.out or a.folder)
     if a.study == "toy-depth":
         ks = tuple(int(k) for k in a.ks.split(","))
         res = api.study("toy-depth", out, realisations_per_k=a.realisations, ks=ks, epochs=a.epochs or 20,
@@ -131,12 +135,30 @@ def cmd_study(a: argparse.Namespace) -> int:
         print(json.dumps(res.get("summary", {}), indent=2, default=str)[:4000])
         print(f"wrote {out / 'toy_depth.json'}")
         return 0
+    if a.study == "status":
+        rows = api.grid_status(out)
+        for r in rows:
+            print(f"{r['name']}\t{r['state']}\tepoch {r['epoch']}/{r['epochs']}")
+        counts = {s: sum(r["state"] == s for r in rows) for s in
+                  ("done", "running", "trained", "interrupted", "pending")}
+        print(", ".join(f"{k} {v}" for k, v in counts.items() if v) + f" (of {len(rows)} runs)")
+        return 0
     cfg = _study_config(a)
     seeds = _seed_list(a.seeds)
     if a.study == "benchmark":
+        launch: dict[str, Any] = {}
+        if a.launcher != "none":
+            slurm = {"partition": a.slurm_partition, "time_min": a.slurm_time, "gpus_per_job": a.slurm_gpus_per_job,
+                     "cpus_per_job": a.slurm_cpus_per_job, "mem_gb": a.slurm_mem,
+                     "additional": api.parse_assignments(a.slurm_additional, "--slurm-additional")
+                     if a.slurm_additional else {}}
+            launch = {"launcher": a.launcher, "jobs": a.jobs, "slurm": slurm if a.launcher == "slurm" else None}
+        elif a.jobs != 1:
+            raise EmbedlabError("--jobs needs --launcher local or slurm (--launcher none runs the grid here, one run "
+                                "after the other)")
         res = api.study("benchmark", out, config=cfg, methods=a.methods, seeds=seeds, baseline=a.baseline,
                         analyses=a.analyses, analysis_settings=api.analysis_settings(a.opt), device=a.device,
-                        progress=not a.no_progress)
+                        progress=not a.no_progress, **launch)
         print(api.study_table("benchmark", res))
         print(f"wrote {out / 'benchmark.json'}")
         if not a.no_report:
@@ -351,8 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
              "protocol took 15 min on 2 cores with AMX in bf16, 83 min on 2 AVX2-only cores in fp32). confmix: "
              "seed 002 §4 — ConfMix, ½-ConfMix, α = 0.5 and α schedules 0→1 / 1→0, input and manifold, against the ERM baseline on CIFAR-10 with the small CNN, over seeds. "
              "Each writes a JSON that `embedlab report` renders as its own section. See docs/STUDIES.md.")
-    st.add_argument("study", choices=("benchmark", "toy-depth", "confmix"))
-    st.add_argument("--out", required=True, help="output directory")
+    st.add_argument("study", choices=("benchmark", "toy-depth", "confmix", "status"),
+                    help="status: print the state of every run of the grid in --out (works while it runs)")
+    st.add_argument("folder", nargs="?", help="status: the grid's folder (its --out)")
+    st.add_argument("--out", help="output directory (required)")
     st.add_argument("--seed", type=_nonneg_int, default=0, help="toy-depth: seed of the datasets and models")
     st.add_argument("--realisations", type=_positive_int, default=100, help="toy-depth: datasets per K")
     st.add_argument("--ks", default="2,3,4,5", help="toy-depth: class counts K")
@@ -392,6 +416,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "`embedlab list analyses`)")
     st.add_argument("--opt", action="append", metavar="ANALYSIS.KEY=VALUE",
                     help="benchmark: analysis setting (repeatable), as in `embedlab analyze --opt`")
+    st.add_argument("--launcher", choices=("none", "local", "slurm"), default="none",
+                    help="benchmark: none = one run after the other in this process; local = up to --jobs runs at "
+                         "once on this machine (one GPU per job, or the CPU cores split between jobs); slurm = a "
+                         "SLURM job array, requeued on pre-emption. Both through submitit (pip install "
+                         "'embedlab[cluster]'); job logs in OUT/.submitit/. Re-running the command submits only the "
+                         "runs that are not finished")
+    st.add_argument("--jobs", type=_positive_int, default=1, help="benchmark: runs at once with --launcher")
+    st.add_argument("--slurm-partition", help="benchmark --launcher slurm: partition")
+    st.add_argument("--slurm-time", type=_positive_int, default=24 * 60,
+                    help="benchmark --launcher slurm: time limit per job in minutes (a run that hits it is "
+                         "requeued and resumes)")
+    st.add_argument("--slurm-gpus-per-job", type=_nonneg_int, default=1, help="--launcher slurm: GPUs per job")
+    st.add_argument("--slurm-cpus-per-job", type=_positive_int, default=8, help="--launcher slurm: CPUs per job")
+    st.add_argument("--slurm-mem", type=_positive_float, default=None, help="--launcher slurm: memory per job in GB")
+    st.add_argument("--slurm-additional", action="append", metavar="KEY=VALUE",
+                    help="--launcher slurm: any further #SBATCH key (repeatable), e.g. qos=high, account=lab")
     st.add_argument("--title", help="benchmark: report title")
     st.add_argument("--no-report", action="store_true", help="benchmark: write benchmark.json only, no report.html")
     st.add_argument("--variants", help="confmix: ';'-separated variant names (default: all; the baseline always runs)")

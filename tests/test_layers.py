@@ -3,7 +3,8 @@ namespace, and the packaging that maps the repository's folders onto it.
 
     core (embedlab.*: config, data, models, methods, metrics, ...)  ←  embedlab.trainers, embedlab.analyses
     embedlab.reports reads files only: no torch, no trainers or analyses; from core only errors, io, config and stats (pure statistics, no torch)
-    embedlab.api composes every layer; embedlab.cli is argparse over embedlab.api
+    embedlab.api (and embedlab.launch, the grid jobs it submits) compose every layer; embedlab.cli is argparse
+    over embedlab.api
     (embedlab/__init__.py re-exports the API lazily and embedlab/__main__.py runs the CLI: entry points, not layers)
 
 import-linter was the first choice, but its graph builder (grimp) finds a package's modules by walking the package's
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("embedlab.trainers", "embedlab.analyses", "embedlab.reports", "embedlab.api", "embedlab.cli")
+LAYERS = ("embedlab.trainers", "embedlab.analyses", "embedlab.reports", "embedlab.api", "embedlab.launch", "embedlab.cli")
 
 
 def _package_dirs() -> dict[str, Path]:
@@ -72,6 +73,7 @@ FORBIDDEN = {
     "embedlab.analyses": {"embedlab.trainers", "embedlab.reports", "embedlab.api", "embedlab.cli"},
     "embedlab.reports": {"embedlab.trainers", "embedlab.analyses", "embedlab.api", "embedlab.cli"},
     "embedlab.api": {"embedlab.cli"},
+    "embedlab.launch": {"embedlab.cli"},  # composes like the API: one grid job trains and analyses a run
     "embedlab.cli": set(),
 }
 ENTRY_POINTS = {"embedlab", "embedlab.__main__"}  # the package's lazy re-export of the API, and `python -m embedlab`

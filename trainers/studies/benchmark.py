@@ -36,6 +36,7 @@ from embedlab.trainers.studies import register_study
 KIND = "embedlab.study"
 STUDY = "benchmark"
 FILENAME = "benchmark.json"
+PLAN = "grid.json"  # the grid's runs, written when an invocation starts: what `embedlab study status` reads
 SCHEMA_VERSION = 1
 _SPEC = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*(?:\[(.*)\])?\s*$")
 
@@ -168,16 +169,47 @@ def summarise(specs: Sequence[MethodSpec], seeds: Sequence[int], per_run: dict[s
     return rows
 
 
+@dataclass(frozen=True)
+class GridJob:
+    """One (method, seed) run of a grid, as a launcher needs it: picklable, self-contained. ``config`` is the run's
+    full :class:`TrainConfig` as a dict, ``run`` its folder, ``name`` its results folder under ``OUT/results``."""
+
+    label: str
+    seed: int
+    config: dict[str, Any]
+    run: str
+    name: str
+
+
+Launcher = Callable[[Sequence[GridJob]], dict[str, str]]  # trains + analyses the jobs; returns {name: failure}
+
+
+def grid_jobs(base: TrainConfig, out_dir: str | Path, specs: Sequence[MethodSpec],
+              seeds: Sequence[int]) -> list[GridJob]:
+    """Every run of the grid, **seed-major** (every method's seed 0 first, so a grid stopped part-way already holds
+    paired comparisons)."""
+    out = Path(out_dir)
+    return [GridJob(spec.label, seed, dataclasses.replace(base, method=spec.method, method_options=dict(spec.options),
+                                                          seed=seed).to_dict(),
+                    str(out / "runs" / slug(spec.label) / f"seed{seed}"), f"{slug(spec.label)}-seed{seed}")
+            for seed in seeds for spec in specs]
+
+
 def run_benchmark(base: TrainConfig, out_dir: str | Path, *, specs: Sequence[MethodSpec], seeds: Sequence[int],
                   analyze: Callable[[Path, str], Path], analyses: Sequence[str],
                   analysis_settings: dict[str, dict[str, Any]] | None = None, baseline: str | None = "erm",
                   progress: bool = True, log: Callable[[str], None] = print,
-                  poll_seconds: float = 30.0) -> dict[str, Any]:
+                  poll_seconds: float = 30.0, launch: Launcher | None = None) -> dict[str, Any]:
     """Train, analyse and summarise every (method, seed); returns what is written to ``OUT/benchmark.json``.
 
     ``analyze(checkpoint, name)`` analyses one checkpoint into ``OUT/results/<name>/`` and returns that folder.
     ``baseline`` is the label paired differences are taken against (None, or absent from ``specs``: none).
+    ``launch``: None runs the grid here, one run after the other; otherwise a launcher (``embedlab.launch``: a local
+    pool or SLURM through submitit) that trains and analyses the jobs it is given and returns the failures; the
+    grid is then summarised from the run and results folders, and a failure is one line after benchmark.json is
+    written with the runs that finished.
     """
+    from embedlab.config import TrainConfig as _Config
     from embedlab.trainers import train
 
     out = Path(out_dir)
@@ -188,23 +220,19 @@ def run_benchmark(base: TrainConfig, out_dir: str | Path, *, specs: Sequence[Met
     directions: dict[str, str] = {}
     runs_index: dict[str, dict[str, str]] = {}
     timing: dict[str, dict[str, float]] = {}
-    total = len(specs) * len(seeds)
+    jobs = grid_jobs(base, out, specs, seeds)
+    total = len(jobs)
     result: dict[str, Any] = {}
+    atomic_write_json(out / PLAN, {"kind": KIND, "study": STUDY, "created_utc": utc_now(), "seeds": list(seeds),
+                                   "jobs": [dataclasses.asdict(j) for j in jobs]})
 
-    def one(spec: MethodSpec, seed: int) -> None:
+    def collect(job: GridJob, fallback_seconds: float) -> None:
         nonlocal result
-        cfg = dataclasses.replace(base, method=spec.method, method_options=dict(spec.options), seed=seed)
-        run = out / "runs" / slug(spec.label) / f"seed{seed}"
-        name = f"{slug(spec.label)}-seed{seed}"
-        t_run = time.perf_counter()
-        ckpt = train(cfg, run, progress=progress, log=log, resume=True)
-        t_train = _training_seconds(run, time.perf_counter() - t_run)
-        res_dir = analyze(ckpt, name)
-        results = json.loads((res_dir / "results.json").read_text())
-        per_run.setdefault(spec.label, {})[str(seed)] = _numeric_metrics(results)
+        results = json.loads((out / "results" / job.name / "results.json").read_text())
+        per_run.setdefault(job.label, {})[str(job.seed)] = _numeric_metrics(results)
         directions.update(_directions(results))
-        runs_index.setdefault(spec.label, {})[str(seed)] = name
-        timing.setdefault(spec.label, {})[str(seed)] = round(t_train, 2)
+        runs_index.setdefault(job.label, {})[str(job.seed)] = job.name
+        timing.setdefault(job.label, {})[str(job.seed)] = round(_training_seconds(Path(job.run), fallback_seconds), 2)
         done = sum(len(v) for v in runs_index.values())
         result = {
             "kind": KIND, "study": STUDY, "schema_version": SCHEMA_VERSION, "created_utc": utc_now(),
@@ -222,19 +250,36 @@ def run_benchmark(base: TrainConfig, out_dir: str | Path, *, specs: Sequence[Met
         }
         atomic_write_json(out / FILENAME, result)
 
-    # Seed-major order: every method's seed 0 first, so an interrupted grid already holds paired comparisons. A run
-    # another process is training or analysing (its folder lock is held) is left for later, then waited for.
-    pending = [(spec, seed) for seed in seeds for spec in specs]
+    def one(job: GridJob) -> None:
+        t_run = time.perf_counter()
+        ckpt = train(_Config.from_dict(job.config), job.run, progress=progress, log=log, resume=True)
+        analyze(ckpt, job.name)
+        collect(job, time.perf_counter() - t_run)
+
+    if launch is not None:
+        failures = launch(jobs)
+        for job in jobs:
+            if job.name not in failures:
+                collect(job, 0.0)
+        if failures:
+            raise EmbedlabError(f"{len(failures)} of {total} runs failed ({'; '.join(f'{k}: {v}' for k, v in failures.items())}); "
+                                f"{out / FILENAME} holds the {total - len(failures)} that finished; run the same "
+                                f"command again to retry them")
+        return result
+
+    # Here, one run after the other. A run another process is training or analysing (its folder lock is held) is
+    # left for later, then waited for.
+    pending = jobs
     waited = False
     while pending:
         deferred = []
-        for spec, seed in pending:
-            log(f"[benchmark {sum(len(v) for v in runs_index.values()) + 1}/{total}] {spec.label}, seed {seed}")
+        for job in pending:
+            log(f"[benchmark {sum(len(v) for v in runs_index.values()) + 1}/{total}] {job.label}, seed {job.seed}")
             try:
-                one(spec, seed)
+                one(job)
             except BusyError:
-                log(f"[benchmark] {spec.label}, seed {seed}: another process holds it; coming back to it later")
-                deferred.append((spec, seed))
+                log(f"[benchmark] {job.label}, seed {job.seed}: another process holds it; coming back to it later")
+                deferred.append(job)
         pending = deferred
         if pending:
             if not waited:
@@ -286,9 +331,9 @@ PERCENT_METRICS = frozenset({"accuracy", "knn_accuracy", "linear_probe_accuracy"
 def benchmark_study(out_dir: str | Path, *, config: TrainConfig, methods: str | Sequence[MethodSpec],
                     seeds: Sequence[int] = (0, 1, 2), analyze: Callable[[Path, str], Path], analyses: Sequence[str],
                     analysis_settings: dict[str, dict[str, Any]] | None = None, baseline: str | None = "erm",
-                    progress: bool = True, **_: Any) -> dict[str, Any]:
+                    progress: bool = True, launch: Launcher | None = None, **_: Any) -> dict[str, Any]:
     """The registered study: ``methods`` as specs (``"erm,multimix[p=1]"``) or :class:`MethodSpec` objects;
-    ``baseline``: a method label, or None / ``"none"``. See :func:`run_benchmark`."""
+    ``baseline``: a method label, or None / ``"none"``; ``launch``: see :func:`run_benchmark`."""
     specs = parse_method_specs(methods) if isinstance(methods, str) else list(methods)
     labels = [sp.label for sp in specs]
     baseline = None if baseline in (None, "none") else baseline
@@ -296,4 +341,4 @@ def benchmark_study(out_dir: str | Path, *, config: TrainConfig, methods: str | 
         raise EmbedlabError(f"--baseline {baseline!r} is not one of --methods ({', '.join(labels)}); add it to "
                             f"--methods or pass --baseline none")
     return run_benchmark(config, out_dir, specs=specs, seeds=seeds, analyze=analyze, analyses=analyses,
-                         analysis_settings=analysis_settings, baseline=baseline, progress=progress)
+                         analysis_settings=analysis_settings, baseline=baseline, progress=progress, launch=launch)
