@@ -46,6 +46,12 @@ def _mean_ci(entry: Any) -> str:
     return text
 
 
+def _duration(seconds: float) -> str:
+    """``4,595 s (1 h 16 min)``."""
+    h, m = int(seconds // 3600), int(seconds % 3600 // 60)
+    return f"{seconds:,.0f} s" + (f" ({h} h {m} min)" if h else f" ({m} min)" if m else "")
+
+
 def _table(caption: str, header: list[str], rows: list[list[str]], note: str = "") -> dict[str, Any]:
     return {"caption": caption, "header": header, "rows": rows, "note": note}
 
@@ -273,9 +279,17 @@ def study_section(study: StudyResult) -> dict[str, Any]:
             if value is not None:
                 facts.append((key, str(value)))
     timing = data.get("timing") if isinstance(data.get("timing"), Mapping) else {}
-    wall = timing.get("wall_s", data.get("seconds"))
-    if isinstance(wall, (int, float)) and not isinstance(wall, bool):
-        facts.append(("wall time", f"{wall:.0f} s"))
+    total = data.get("train_seconds_total")
+    if benchmark and isinstance(total, (int, float)) and not isinstance(total, bool):
+        # the runs' own epoch times summed (true also for runs an earlier invocation trained), not this call's time
+        facts.append(("training time, summed over runs", _duration(total)))
+        wall = data.get("seconds")
+        if isinstance(wall, (int, float)) and not isinstance(wall, bool):
+            facts.append(("wall time of the last invocation", _duration(wall)))
+    else:
+        wall = timing.get("wall_s", data.get("seconds"))
+        if isinstance(wall, (int, float)) and not isinstance(wall, bool):
+            facts.append(("wall time", f"{wall:.0f} s"))
     figures = []
     try:
         drawn = study_figures(study)
