@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,41 @@ def test_missing_tensorboard_warns_and_training_goes_on(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="tensorboard is not installed"):
         train(TrainConfig(epochs=1, device="cpu"), tmp_path / "r", progress=False)
     assert (tmp_path / "r" / "model.safetensors").exists() and not (tmp_path / "r" / "tensorboard").exists()
+
+
+def test_piped_training_log_is_one_plain_line_per_epoch_with_the_lr_used(tmp_path):
+    """A pipe gets no progress bar (no escape sequence, TQDM_DISABLE honoured) and one line per epoch: loss,
+    train accuracy, val accuracy, the learning rate the epoch's first step used (0.05 at epoch 1, not the value
+    after it), images/s and ETA; metrics.jsonl records the same."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    p = subprocess.run([sys.executable, "-m", "embedlab", "train", "--epochs", "3", "--model-opt", "width=4",
+                        "--device", "cpu", "--out", str(tmp_path / "r")], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "\x1b" not in p.stdout + p.stderr and "\r" not in p.stdout + p.stderr
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"]
+    assert " lr 0.05 " in lines[0] and "img/s" in lines[0] and "ETA" in lines[0] and "train_acc" in lines[0]
+    hist = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert hist[0]["lr"] == 0.05 and hist[-1]["lr"] > 0 and 0 <= hist[-1]["train_accuracy"] <= 1
+
+
+def test_train_accuracy_of_erm_is_the_accuracy_on_its_training_labels():
+    import torch
+
+    from embedlab.methods import create_method
+    from embedlab.methods.base import track_agreement
+    from embedlab.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn-gap", 10, (1, 8, 8), width=4)
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    agree = torch.zeros(2, dtype=torch.float64)
+    with track_agreement(agree):
+        create_method("erm").loss(model, x, y, torch.Generator().manual_seed(0))
+    assert agree.tolist() == [float((model(x).argmax(1) == y).sum()), 32.0]
+    create_method("erm").loss(model, x, y, torch.Generator())  # outside the context: nothing recorded
+    assert agree[1] == 32

@@ -39,6 +39,7 @@ from embedlab.data import DataSource, collate_batched, create_dataset
 from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write_json, atomic_write_text, exclusive
 from embedlab.methods import MixMethod, create_method
+from embedlab.methods.base import track_agreement
 from embedlab.models import MODELS, EmbedNet, create_model
 from embedlab.trainers.distributed import (DistEnv, all_reduce_sum, average_buffers, gather_objects, resolve_device, setup)
 from embedlab.trainers.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state, state_digest
@@ -335,8 +336,13 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device, *, p
         events = EventLog(out, resume_epoch=start_epoch) if env.is_main else None
         show = progress and env.is_main
         best = meta.get("best", {}).get("val_accuracy")
+        # progress bars only on a terminal (tqdm's disable=None), never with TQDM_DISABLE set; otherwise (a pipe, a
+        # log file, --no-progress) one plain line per epoch
+        bars: bool | None = None if show and not _env_true("TQDM_DISABLE") else True
         bar = tqdm(range(start_epoch + 1, cfg.epochs + 1), initial=start_epoch, total=cfg.epochs,
-                   desc=f"train {cfg.method}", unit="epoch", disable=not show, dynamic_ncols=True)
+                   desc=f"train {cfg.method}", unit="epoch", disable=bars, dynamic_ncols=True)
+        lines = env.is_main and bar.disable
+        epoch_seconds: list[float] = []
         try:
             for epoch in bar:
                 t0 = time.perf_counter()
@@ -346,12 +352,14 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device, *, p
                     sampler.set_epoch(epoch)
                 losses = torch.zeros(steps_per_epoch, device=device)  # this process's per-step losses
                 loss_total = torch.zeros((), dtype=torch.float64, device=device)  # summed over steps and processes
+                agreement = torch.zeros(2, dtype=torch.float64, device=device)  # see methods.base.track_agreement
+                lr_used = opt.param_groups[0]["lr"]  # the learning rate of the epoch's first step
                 checked = 0
                 steps_bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", unit="step", leave=False,
-                                 disable=not show, dynamic_ncols=True)
+                                 disable=bars, dynamic_ncols=True)
                 for i, (x, y) in enumerate(train_loader):
                     x, y = prep(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-                    with autocast():
+                    with autocast(), track_agreement(agreement):
                         loss = loss_module(x, y, gen)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -372,6 +380,8 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device, *, p
                 if checked < n:
                     loss_total += _check_losses(losses[checked:n], env, epoch, step - n + checked, meta, out).sum()
                 train_loss = float(loss_total) / (n * env.world_size)
+                train_seconds = time.perf_counter() - t0
+                hits, terms = all_reduce_sum(agreement, env).tolist()
                 local_log.append({"epoch": epoch, "local_train_loss_sum": float(losses[:n].sum()), "steps": n})
 
                 average_buffers(model, env)
@@ -380,8 +390,10 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device, *, p
                 local_log[-1]["local_val_correct"], local_log[-1]["local_val_count"] = local_val[:2].tolist()
                 local_log[-1]["local_method_stats"] = local_stats = method.epoch_stats()
                 val_acc = correct / count if count else None
-                rec = {"epoch": epoch, "train_loss": train_loss, "val_accuracy": val_acc,
-                       "val_loss": val_loss_sum / count if count else None, "lr": opt.param_groups[0]["lr"],
+                rec = {"epoch": epoch, "train_loss": train_loss,
+                       "train_accuracy": hits / terms if terms else None, "val_accuracy": val_acc,
+                       "val_loss": val_loss_sum / count if count else None, "lr": lr_used,
+                       "images_per_second": n * cfg.batch_size * env.world_size / max(train_seconds, 1e-9),
                        **_mean_over_processes(local_stats, env, device), "seconds": time.perf_counter() - t0}
                 meta["history"].append(rec)
                 meta["epoch"] = epoch
@@ -398,6 +410,9 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device, *, p
                     outputs.append_metrics(rec)
                     events.epoch(rec)
                 bar.set_postfix(loss=f"{train_loss:.3f}", val_acc="-" if val_acc is None else f"{val_acc:.3f}")
+                epoch_seconds.append(rec["seconds"])
+                if lines:
+                    log(_epoch_line(rec, cfg.epochs, epoch_seconds))
         finally:
             bar.close()
             if events is not None:
@@ -410,6 +425,21 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device, *, p
             log(f"{cfg.method}: best val accuracy {acc} (epoch {b['epoch']}), "
                 f"last {'n/a' if last is None else f'{last:.4f}'} → {out / WEIGHTS}")
     return out / WEIGHTS
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _epoch_line(rec: dict[str, Any], epochs: int, seconds: list[float]) -> str:
+    """One plain line per epoch for logs and pipes: ``epoch 3/30 loss 1.2345 train_acc 0.456 val_acc 0.5000
+    lr 0.04986 1234 img/s 41 s ETA 0:18:57`` (ETA: the remaining epochs at the mean epoch time so far)."""
+    eta = round((epochs - rec["epoch"]) * sum(seconds) / len(seconds))
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    return (f"epoch {rec['epoch']}/{epochs} loss {rec['train_loss']:.4f} "
+            f"train_acc {fmt(rec.get('train_accuracy'), '.3f')} val_acc {fmt(rec.get('val_accuracy'), '.4f')} "
+            f"lr {rec['lr']:.4g} {rec['images_per_second']:.0f} img/s {rec['seconds']:.0f} s "
+            f"ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}")
 
 
 def _mean_over_processes(stats: dict[str, float], env: DistEnv, device: torch.device) -> dict[str, float]:

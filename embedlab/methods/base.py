@@ -6,9 +6,11 @@ Every method draws all randomness from the ``torch.Generator`` passed to :meth:`
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +36,41 @@ def register_method(name: str, *, description: str = "") -> Any:
     return deco
 
 
+_AGREEMENT: ContextVar[Tensor | None] = ContextVar("embedlab_train_agreement", default=None)
+
+
+@contextlib.contextmanager
+def track_agreement(into: Tensor) -> Iterator[None]:
+    """While active, every training loss term adds ``[#(argmax logits == argmax target), #terms]`` to ``into``
+    (a float64 tensor of shape ``(2,)`` on the training device; no host synchronisation): the trainer's per-epoch
+    ``train_accuracy``. For ERM it is the accuracy on the training labels; for a mixing method, the agreement of
+    each generated example's prediction with the largest class of its mixed target."""
+    token = _AGREEMENT.set(into)
+    try:
+        yield
+    finally:
+        _AGREEMENT.reset(token)
+
+
+def _record(logits: Tensor, target_class: Tensor) -> None:
+    into = _AGREEMENT.get()
+    if into is not None:
+        with torch.no_grad():
+            hit = (logits.detach().argmax(-1) == target_class).sum()
+            into += torch.stack([hit.to(into.dtype), into.new_tensor(float(target_class.numel()))])
+
+
 def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """``mean_k −Σ_c target[k, c] log softmax(logits[k])_c`` for logits/targets of shape ``(..., c)``."""
+    _record(logits, target.argmax(-1))
     logp = F.log_softmax(logits.float(), dim=-1)
     return -(target * logp).sum(-1).mean()
+
+
+def hard_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """``mean_k −log softmax(logits[k])_{y_k}``: cross-entropy with integer labels ``y`` of shape ``(...,)``."""
+    _record(logits, y)
+    return F.cross_entropy(logits.float(), y)
 
 
 def scheduled_alpha(alpha_max: float, schedule: str, t: float, half_life: float) -> float:

@@ -4,11 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from embedlab.errors import EmbedlabError
 from embedlab.methods.base import (
+    hard_cross_entropy,
     MixMethod,
     check_positive,
     draw_lambda,
@@ -87,7 +87,7 @@ class ConfMix(MixMethod):
 
     def loss(self, model: EmbedNet, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
         if not self.active:
-            return F.cross_entropy(model(x).float(), y)
+            return hard_cross_entropy(model(x), y)
         was_training = model.training
         with torch.no_grad():
             model.eval()

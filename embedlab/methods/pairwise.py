@@ -4,11 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from embedlab.errors import EmbedlabError
 from embedlab.methods.base import (
+    hard_cross_entropy,
     AlphaOptions,
     MixMethod,
     draw_lambda,
@@ -28,7 +28,7 @@ class ERM(MixMethod):
     factor_distribution = "–"
 
     def loss(self, model: EmbedNet, x: Tensor, y: Tensor, gen: torch.Generator) -> Tensor:
-        return F.cross_entropy(model(x).float(), y)
+        return hard_cross_entropy(model(x), y)
 
 
 @dataclass
