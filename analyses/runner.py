@@ -27,7 +27,7 @@ from embedlab.config import MAX_CLASSES, check_option_types
 from embedlab.data import DataSource, create_dataset, without_label_noise
 from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write, atomic_write_json, exclusive, sha256_file
-from embedlab.store import Extracted, cached_extract
+from embedlab.store import Extracted, cached_extract, precision
 
 SCHEMA_VERSION = 2  # docs/RESULTS_FORMAT.md
 KIND = "embedlab.analysis"
@@ -348,6 +348,9 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         "dataset": {"name": src.meta.get("dataset", {}).get("name", "?"), "split": "test",
                     "num_examples": int(len(test.labels)), "classes": list(src.classes),
                     **({"label_noise": src.label_noise, "train_labels": "clean"} if src.label_noise else {})},
+        # how the embeddings were extracted (None: precomputed arrays): a bf16 GPU run and an fp32 CPU run differ
+        "extraction": ({"device": str(torch.device(device)), "precision": precision(device)}
+                       if src.model is not None and src.data is not None else None),
         "metrics": metrics, "sections": sections, "plots": plots, "skipped": skipped, "settings": settings,
         "arrays": "arrays.npz",
         "arrays_sha256": sha256_file(out / "arrays.npz"), "created_utc": utc_now(), "versions": versions(),

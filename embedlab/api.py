@@ -419,7 +419,12 @@ def _module_source(module: "torch.nn.Module", dataset: str, data_root: str | Non
     if not isinstance(module, EmbedNet):
         model = ExternalNet(module, _last_linear(module, info.num_classes), info.input_shape)
     model = model.eval().to(device)
-    h = hashlib.sha256(type(module).__qualname__.encode())
+    from embedlab.fingerprint import module_fingerprint
+
+    # the weights and what the network computes (its classes' source, structure and settings): two networks with
+    # the same parameters and another activation are two models
+    h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    h.update(module_fingerprint(model).encode())
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
