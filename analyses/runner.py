@@ -279,6 +279,7 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         if cover in runnable and not settings.get(a) and not settings.get(cover):  # settings given: run as asked
             runnable.remove(a)
             skipped[a] = f"{cover} computes the same metrics (and more) on this model"
+    _check_class_count(src, runnable)
     needed = {s for a in runnable for s in ANALYSES.get(a).meta["needs"]}
     needed |= {s for a in runnable for s in ANALYSES.get(a).meta.get("optional", ())
                if _resolve_needs(src, (s,)) is None}  # used where the source has them
@@ -451,6 +452,20 @@ def check_settings(settings: dict[str, dict[str, Any]], chosen: list[str]) -> No
                 raise EmbedlabError(f"--opt {analysis}.{key}: unknown setting; {analysis} takes: "
                                     f"{', '.join(params) or 'none'}")
         check_option_types(ANALYSES.get(analysis).obj, values, f"--opt {analysis}")
+
+
+def _check_class_count(src: Source, runnable: list[str]) -> None:
+    """One line naming the first analysis that needs more classes than the dataset has (a single class: accuracy,
+    kNN, calibration, clustering, OOD scores are trivial or undefined), before anything is extracted."""
+    n = len(src.classes)
+    for a in runnable:
+        need = ANALYSES.get(a).meta.get("min_classes", 1)
+        if n < need:
+            able = [b for b in runnable if ANALYSES.get(b).meta.get("min_classes", 1) <= n]
+            names = ", ".join(map(repr, src.classes[:3]))
+            raise EmbedlabError(f"{src.path}: analysis {a!r} needs at least {need} classes, and the dataset has {n} "
+                                f"({names}); leave it out with --analyses"
+                                + (f" (on {n} class{'es' if n != 1 else ''}: {', '.join(able)})" if able else ""))
 
 
 def _check_finite(src: Source, split: str, arrays: Extracted, rows: int = 1 << 16) -> None:

@@ -310,6 +310,9 @@ def evaluate(source: Any = None, *, out: str | os.PathLike[str] | None = None,
     """
     from embedlab.analyses.runner import analyze_source, check_settings, open_source
 
+    if isinstance(classes, (str, bytes)):
+        raise EmbedlabError(f"classes= must be a list of class names, e.g. [\"cat\", \"dog\"], not the string "
+                            f"{classes!r:.60} (it would be one class per character)")
     chosen = _chosen_analyses(analyses)
     settings = {str(k): dict(v) for k, v in (settings or {}).items()}
     check_settings(settings, chosen)
