@@ -332,6 +332,7 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         extra_arrays.update({f"{a}.{k}": v for k, v in res.arrays.items()})
 
     sections = {sec: section_info(sec) for sec in dict.fromkeys(m["section"] for m in metrics.values())}
+    missing = src.data.describe().get("missing_classes") if src.data is not None else None
     test = splits["test"]
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"embeddings": test.embeddings, "labels": test.labels, **extra_arrays}
@@ -348,6 +349,7 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         "model": {"name": src.name, "source": str(src.path), "sha256": src.sha256, "meta": src.meta},
         "dataset": {"name": src.meta.get("dataset", {}).get("name", "?"), "split": "test",
                     "num_examples": int(len(test.labels)), "classes": list(src.classes),
+                    **({"missing_classes": missing} if missing else {}),
                     **({"label_noise": src.label_noise, "train_labels": "clean"} if src.label_noise else {})},
         # how the embeddings were extracted (None: precomputed arrays): a bf16 GPU run and an fp32 CPU run differ
         "extraction": ({"device": str(torch.device(device)), "precision": precision(device)}

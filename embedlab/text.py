@@ -86,7 +86,7 @@ class TextData(DataSource):
         source = ["train"] if "train" in rows else list(rows)  # the classes are the training split's
         classes = _class_names([label for s in source for _, label in rows[s]], folder)
         index = {name: i for i, name in enumerate(classes)}
-        self.missing_classes: dict[str, list[str]] = {}
+        self.missing: dict[str, list[str]] = {}  # split → training classes it has no example of
         for split, r in rows.items():
             labels = {str(lab) for _, lab in r}
             unknown = sorted(labels - set(classes))
@@ -98,7 +98,7 @@ class TextData(DataSource):
                                     f"test label must be a training class")
             missing = [c for c in classes if c not in labels]
             if missing:
-                self.missing_classes[split] = missing
+                self.missing[split] = missing
                 warnings.warn(EmbedlabWarning(
                     f"{files[split]} has no examples of {len(missing)} of the {len(classes)} training classes "
                     f"({', '.join(missing[:10])}{', …' if len(missing) > 10 else ''})"), stacklevel=2)
@@ -120,7 +120,7 @@ class TextData(DataSource):
         """The name, options and each split file's SHA-256 (the extraction cache's key: edited files re-encode)."""
         return {"name": self.info.name, "options": self.options,
                 "files": {s: {"name": p.name, "sha256": self.sha256[s]} for s, p in self.files.items()},
-                **({"missing_classes": self.missing_classes} if self.missing_classes else {})}
+                **({"missing_classes": self.missing} if self.missing else {})}
 
 
 def _read_rows(path: Path, opts: TextOptions) -> tuple[list[tuple[str, Any]], str]:

@@ -55,6 +55,7 @@ def test_a_test_split_lacking_a_training_class_keeps_the_training_indices(tmp_pa
         res = embedlab.evaluate(_brightness_net(), dataset="imagefolder", data_root=str(tmp_path),
                                 analyses="accuracy", out=tmp_path / "r", cache_dir=tmp_path / "cache", device="cpu")
     assert res.metrics["accuracy"] == 1.0  # was 0.0: test dog labelled 0, the folder's own order
+    assert res.dataset["missing_classes"] == {"test": ["cat"]}
 
 
 def test_a_val_folder_lacking_a_class_and_a_complete_one(tmp_path):
