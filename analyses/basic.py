@@ -20,14 +20,14 @@ ALIGN_UNIFORM_CAPTION = ("Wang & Isola (2020) on \u2113\u2082-normalised test em
 
 
 @register_analysis("accuracy", description="top-1 test accuracy of the model's classifier", needs=("test", "logits"),
-                   section=OVERVIEW, title=OVERVIEW_TITLE)
+                   section=OVERVIEW, title=OVERVIEW_TITLE, min_classes=2)
 def accuracy(inp: Inputs) -> Output:
     return Output({"accuracy": metric(top1_accuracy(inp.t("test", "logits"), inp.t("test", "labels")), True,
                                       "accuracy")})
 
 
 @register_analysis("knn", description="weighted kNN accuracy (cosine, k=20, T=0.07 as in DINO; train embeddings as the bank; faiss)",
-                   needs=("train", "test"), section=OVERVIEW, title=OVERVIEW_TITLE)
+                   needs=("train", "test"), section=OVERVIEW, title=OVERVIEW_TITLE, min_classes=2)
 def knn(inp: Inputs, k: Annotated[int, AT_LEAST_1] = DEFAULT_K, temperature: Annotated[float, POSITIVE] = 0.07) -> Output:
     bank = inp.t("train", "embeddings")
     requested = int(k)

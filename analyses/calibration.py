@@ -36,7 +36,8 @@ _SETTINGS = {
 @register_analysis("calibration",
                    description="ECE (15 equal-width bins), adaptive ECE (15 equal-mass bins), MCE, NLL, Brier and "
                                "reliability data on test, before and after temperature scaling fitted by NLL on val",
-                   needs=("test", "logits"), optional=("val",), title="Calibration", note=NOTE)
+                   needs=("test", "logits"), optional=("val",), title="Calibration", note=NOTE,
+                   min_classes=2)
 def calibration(inp: Inputs, n_bins: Annotated[int, AT_LEAST_1] = DEFAULT_BINS,
                 t_min: Annotated[float, POSITIVE] = T_MIN, t_max: Annotated[float, POSITIVE] = T_MAX) -> Output:
     logits, labels = inp.t("test", "logits"), inp.t("test", "labels")

@@ -26,7 +26,7 @@ from embedlab.metrics.clustering import (
 @register_analysis("clustering",
                    description="silhouette (cosine), Davies-Bouldin, Calinski-Harabasz, k-means (k = #classes in test, faiss) "
                                "NMI/ARI, intra/inter distance ratio on test embeddings; linear probe train -> test",
-                   needs=("test",), optional=("train",), title="Clustering")
+                   needs=("test",), optional=("train",), title="Clustering", min_classes=2)
 def clustering(inp: Inputs, chunk: Annotated[int, AT_LEAST_1] = 1024, kmeans_niter: Annotated[int, AT_LEAST_1] = 25,
                kmeans_nredo: Annotated[int, AT_LEAST_1] = 3, kmeans_init: str = "k-means++",
                kmeans_normalize: bool = True, probe_C: Annotated[float, POSITIVE] = 1.0,

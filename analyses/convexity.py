@@ -11,7 +11,7 @@ from embedlab.metrics.convexity import embedding_mmlb
 
 
 @register_analysis("embedding_mmlb", description="embedding-space MMLB: misclassification of same-class interpolants by the model's own classifier (lower = classes more convex)",
-                   needs=("test", "logits"), section=OVERVIEW, title=OVERVIEW_TITLE)
+                   needs=("test", "logits"), section=OVERVIEW, title=OVERVIEW_TITLE, min_classes=2)
 def embedding_mmlb_analysis(inp: Inputs, alpha: Annotated[float, POSITIVE] = 1.0,
                             pairs_per_class: Annotated[int, AT_LEAST_1] = 2000) -> Output:
     _, norm, per_class = embedding_mmlb(inp.t("test", "logits"), inp.t("test", "labels"), alpha=alpha,

@@ -296,7 +296,7 @@ def _odin_passes(inp: Inputs, scores: Any = None, max_examples: int | None = ODI
 @register_analysis("ood", description="OOD detection on every OOD set: MSP, MaxLogit, Energy, ODIN, Mahalanobis, KNN, "
                    "ViM, ReAct; AUROC, AUPR-In/Out, FPR@95TPR (higher score = ID)",
                    needs=("train", "test", "logits", "model", "test_data", "ood", "ood_data"),
-                   section=SECTION, title=TITLE, note=NOTE, gradient_passes=_odin_passes)
+                   section=SECTION, title=TITLE, note=NOTE, gradient_passes=_odin_passes, min_classes=2)
 def ood(inp: Inputs, scores: str | list[str] | None = None, knn_k: Annotated[int, AT_LEAST_1] = 50,
         odin_temperature: Annotated[float, POSITIVE] = 1000.0, odin_epsilon: Annotated[float, NON_NEGATIVE] = 0.0014,
         react_percentile: Annotated[float, PERCENTILE] = 90.0, vim_dim: Annotated[int | None, AT_LEAST_1] = None,
@@ -313,7 +313,7 @@ def ood(inp: Inputs, scores: str | list[str] | None = None, knn_k: Annotated[int
 @register_analysis("ood_logits", description="OOD detection from extracted embeddings/logits only (no gradients): MSP, "
                    "MaxLogit, Energy, Mahalanobis, KNN, and ViM/ReAct when the classifier g is available",
                    needs=("train", "test", "logits", "ood"), section=SECTION, title=TITLE, note=NOTE,
-                   covered_by="ood")
+                   covered_by="ood", min_classes=2)
 def ood_logits(inp: Inputs, scores: str | list[str] | None = None, knn_k: Annotated[int, AT_LEAST_1] = 50,
                react_percentile: Annotated[float, PERCENTILE] = 90.0,
                vim_dim: Annotated[int | None, AT_LEAST_1] = None) -> Output:

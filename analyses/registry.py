@@ -108,14 +108,17 @@ _SECTIONS: dict[str, dict[str, str]] = {}  # section id -> {"title", "note"} as 
 def register_analysis(name: str, *, description: str, needs: tuple[str, ...], section: str | None = None,
                       title: str = "", note: str = "", optional: tuple[str, ...] = (),
                       covered_by: str | None = None,
-                      gradient_passes: Callable[..., int] | None = None) -> Callable[[Analysis], Analysis]:
+                      gradient_passes: Callable[..., int] | None = None,
+                      min_classes: int = 1) -> Callable[[Analysis], Analysis]:
     """Register ``fn(inp, **settings) -> Output`` under ``name``.
 
     ``needs``: the inputs it reads (:data:`NEEDS`); ``optional``: inputs it uses when the source has them (e.g. a
     train split for a probe) and otherwise does without, listing the parts it left out in ``Output.skipped``. ``section``: the id of the report section its metrics go to by
     default (``name`` when not given; several analyses may share one, e.g. ``"overview"``); ``title`` and ``note``:
     that section's heading (default: the id) and explanatory note. Analyses sharing a section may each give its
-    title and note, but not different ones."""
+    title and note, but not different ones. ``min_classes``: the fewest classes its metrics mean anything with
+    (2 for a classifier's accuracy, kNN, calibration, clustering, OOD scores, attacks); a dataset with fewer is one
+    line naming the analysis, before anything is extracted."""
     unknown = (set(needs) | set(optional)) - set(NEEDS)
     if unknown:
         raise ValueError(f"analysis {name!r}: unknown needs {sorted(unknown)}; known: {NEEDS}")
@@ -126,7 +129,8 @@ def register_analysis(name: str, *, description: str, needs: tuple[str, ...], se
             raise ValueError(f"analysis {name!r}: section {section!r} already has {what} {known[what]!r}, "
                              f"not {value!r}")
     register = ANALYSES.register(name, description=description, needs=tuple(needs), optional=tuple(optional),
-                                 section=section, covered_by=covered_by, gradient_passes=gradient_passes)
+                                 section=section, covered_by=covered_by, gradient_passes=gradient_passes,
+                                 min_classes=int(min_classes))
 
     def deco(fn: Analysis) -> Analysis:
         register(fn)  # raises if the name is taken: then no section is recorded either

@@ -64,7 +64,8 @@ def _passes(inp: Inputs, eps: Sequence[float] = (1, 2, 4, 8), l2_eps: Sequence[f
 @register_analysis("robustness",
                    description="robust accuracy vs ε under FGSM, PGD-10 (L∞, L2; α=ε/4, random start) and optionally "
                                "AutoAttack (standard, L∞ 8/255), torchattacks, on a seeded test subset",
-                   needs=("model", "test_data", "logits"), title="Adversarial robustness", note=NOTE, gradient_passes=_passes)
+                   needs=("model", "test_data", "logits"), title="Adversarial robustness", note=NOTE, gradient_passes=_passes,
+                   min_classes=2)
 def robustness(inp: Inputs, eps: Sequence[float] = (1, 2, 4, 8), l2_eps: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
                steps: Annotated[int, AT_LEAST_1] = 10, max_examples: Annotated[int, AT_LEAST_1] = 500,
                batch_size: Annotated[int, AT_LEAST_1] = 256, attacks: Sequence[str] = DEFAULT_ATTACKS,

@@ -27,7 +27,7 @@ from embedlab.config import MAX_CLASSES, check_option_types
 from embedlab.data import DataSource, create_dataset, without_label_noise
 from embedlab.errors import EmbedlabError
 from embedlab.io import atomic_write, atomic_write_json, exclusive, sha256_file, with_digest
-from embedlab.store import Extracted, cached_extract
+from embedlab.store import Extracted, cached_extract, precision
 
 SCHEMA_VERSION = 2  # docs/RESULTS_FORMAT.md
 KIND = "embedlab.analysis"
@@ -279,6 +279,7 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         if cover in runnable and not settings.get(a) and not settings.get(cover):  # settings given: run as asked
             runnable.remove(a)
             skipped[a] = f"{cover} computes the same metrics (and more) on this model"
+    _check_class_count(src, runnable)
     needed = {s for a in runnable for s in ANALYSES.get(a).meta["needs"]}
     needed |= {s for a in runnable for s in ANALYSES.get(a).meta.get("optional", ())
                if _resolve_needs(src, (s,)) is None}  # used where the source has them
@@ -331,6 +332,7 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         extra_arrays.update({f"{a}.{k}": v for k, v in res.arrays.items()})
 
     sections = {sec: section_info(sec) for sec in dict.fromkeys(m["section"] for m in metrics.values())}
+    missing = src.data.describe().get("missing_classes") if src.data is not None else None
     test = splits["test"]
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"embeddings": test.embeddings, "labels": test.labels, **extra_arrays}
@@ -349,7 +351,11 @@ def _analyze_locked(src: Source, out: Path, *, analyses: list[str] | None, cache
         "model": {"name": src.name, "source": str(src.path), "sha256": src.sha256, "meta": src.meta},
         "dataset": {"name": src.meta.get("dataset", {}).get("name", "?"), "split": "test",
                     "num_examples": int(len(test.labels)), "classes": list(src.classes),
+                    **({"missing_classes": missing} if missing else {}),
                     **({"label_noise": src.label_noise, "train_labels": "clean"} if src.label_noise else {})},
+        # how the embeddings were extracted (None: precomputed arrays): a bf16 GPU run and an fp32 CPU run differ
+        "extraction": ({"device": str(torch.device(device)), "precision": precision(device)}
+                       if src.model is not None and src.data is not None else None),
         "metrics": metrics, "sections": sections, "plots": plots, "skipped": skipped, "settings": settings,
         "arrays": "arrays.npz",
         "arrays_sha256": sha256_file(out / "arrays.npz"), "created_utc": utc_now(), "versions": versions(),
@@ -450,6 +456,20 @@ def check_settings(settings: dict[str, dict[str, Any]], chosen: list[str]) -> No
                 raise EmbedlabError(f"--opt {analysis}.{key}: unknown setting; {analysis} takes: "
                                     f"{', '.join(params) or 'none'}")
         check_option_types(ANALYSES.get(analysis).obj, values, f"--opt {analysis}")
+
+
+def _check_class_count(src: Source, runnable: list[str]) -> None:
+    """One line naming the first analysis that needs more classes than the dataset has (a single class: accuracy,
+    kNN, calibration, clustering, OOD scores are trivial or undefined), before anything is extracted."""
+    n = len(src.classes)
+    for a in runnable:
+        need = ANALYSES.get(a).meta.get("min_classes", 1)
+        if n < need:
+            able = [b for b in runnable if ANALYSES.get(b).meta.get("min_classes", 1) <= n]
+            names = ", ".join(map(repr, src.classes[:3]))
+            raise EmbedlabError(f"{src.path}: analysis {a!r} needs at least {need} classes, and the dataset has {n} "
+                                f"({names}); leave it out with --analyses"
+                                + (f" (on {n} class{'es' if n != 1 else ''}: {', '.join(able)})" if able else ""))
 
 
 def _check_finite(src: Source, split: str, arrays: Extracted, rows: int = 1 << 16) -> None:

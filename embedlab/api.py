@@ -310,6 +310,9 @@ def evaluate(source: Any = None, *, out: str | os.PathLike[str] | None = None,
     """
     from embedlab.analyses.runner import analyze_source, check_settings, open_source
 
+    if isinstance(classes, (str, bytes)):
+        raise EmbedlabError(f"classes= must be a list of class names, e.g. [\"cat\", \"dog\"], not the string "
+                            f"{classes!r:.60} (it would be one class per character)")
     chosen = _chosen_analyses(analyses)
     settings = {str(k): dict(v) for k, v in (settings or {}).items()}
     check_settings(settings, chosen)
@@ -384,7 +387,9 @@ def _arrays_source(splits: Mapping[str, Mapping[str, Any]], classes: Sequence[st
                 payload[f"{prefix}{key}"] = _numpy(value)
     if classes is not None:
         payload["classes"] = np.asarray([str(c) for c in classes])
-    path = tmp / f"{name}.npz"
+    from embedlab.analyses.runner import safe_dir_name
+
+    path = tmp / f"{safe_dir_name(name)}.npz"  # a name is never a path: "../x" or "/abs" stays inside tmp
     np.savez(path, **payload)
     src = open_arrays(path)
     return dataclasses.replace(src, path=Path(f"<arrays:{name}>"))
@@ -419,7 +424,12 @@ def _module_source(module: "torch.nn.Module", dataset: str, data_root: str | Non
     if not isinstance(module, EmbedNet):
         model = ExternalNet(module, _last_linear(module, info.num_classes), info.input_shape)
     model = model.eval().to(device)
-    h = hashlib.sha256(type(module).__qualname__.encode())
+    from embedlab.fingerprint import module_fingerprint
+
+    # the weights and what the network computes (its classes' source, structure and settings): two networks with
+    # the same parameters and another activation are two models
+    h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    h.update(module_fingerprint(model).encode())
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -442,7 +452,9 @@ def report(results: Results | str | os.PathLike[str] | Iterable[Results | str | 
     """Write a comparative report of ``results`` (Results objects, results folders or files, study folders or
     files, or their parent folders) to ``path``: ``format`` ``html`` (self-contained, UMAP plots), ``md``
     (Markdown tables) or ``tex`` (booktabs tables). ``figures``: also write every figure as PDF and PNG into this
-    folder. ``umap``: UMAP settings shared by all models (n_neighbors, min_dist, seed, max_points, n_epochs)."""
+    folder (existing files there are replaced only with ``force``, never through a symbolic link). Neither ``path``
+    nor a figure may be one of the files the report reads. ``umap``: UMAP settings shared by all models
+    (n_neighbors, min_dist, seed, max_points, n_epochs)."""
     from embedlab.io import atomic_write_text
     from embedlab.reports.load import load_report_inputs
 
@@ -456,10 +468,22 @@ def report(results: Results | str | os.PathLike[str] | Iterable[Results | str | 
         raise EmbedlabError(f"{out} already exists; choose another -o or pass --force to overwrite")
     check_writable(out.parent, out)
     if figures is not None:
+        from embedlab.reports.paper_figures import check_figures_folder
+
+        check_figures_folder(figures)
         check_writable(figures)
     items = [results] if isinstance(results, (Results, str, os.PathLike)) else list(results)
     paths = [r.path if isinstance(r, Results) else r for r in items]
     inputs = load_report_inputs(paths)
+    read = _input_files(inputs)
+    if out.exists() and any(p.exists() and os.path.samefile(out, p) for p in read):
+        raise EmbedlabError(f"{out} is one of the report's inputs; choose another -o (--force never replaces an "
+                            f"input)")
+    if figures is not None:  # first: figures that cannot be placed leave no report behind either
+        from embedlab.reports.paper_figures import write_figures
+
+        write_figures(inputs.results, Path(figures), studies=inputs.studies,
+                      umap_kwargs=dict(umap) if umap else None, force=force, protected=read)
     if format == "md":
         from embedlab.reports.html import render_markdown
 
@@ -473,11 +497,19 @@ def report(results: Results | str | os.PathLike[str] | Iterable[Results | str | 
 
         render_report(inputs.results, out, title=title, studies=inputs.studies, workers=workers,
                       umap_kwargs=dict(umap) if umap else None)
-    if figures is not None:
-        from embedlab.reports.paper_figures import write_figures
-
-        write_figures(inputs.results, Path(figures), studies=inputs.studies, umap_kwargs=dict(umap) if umap else None)
     return out
+
+
+def _input_files(inputs: Any) -> list[Path]:
+    """Every file a report reads: each results.json and the arrays file it names, each study file and the figures
+    beside it. ``-o`` and ``--figures`` never replace one of them, even with ``force``."""
+    files: list[Path] = []
+    for r in inputs.results:
+        name = r.results.get("arrays") if isinstance(r.results.get("arrays"), str) else None
+        files += [r.path, r.path.parent / (name or "arrays.npz")]
+    for st in inputs.studies:
+        files += [st.path, *st.figures.values()]
+    return files
 
 
 # ------------------------------------------------------------------------------------------ demo, study, list

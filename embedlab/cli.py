@@ -348,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=_nonneg_int, default=0,
                    help="processes computing the UMAP layouts (0: automatic, several only for 20,000+ points in all "
                         "and on idle CPU cores); the layouts do not depend on it")
-    r.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    r.add_argument("--force", action="store_true",
+                   help="overwrite an existing output file, and existing figures in --figures DIR (never an input "
+                        "of the report, never through a symbolic link)")
 
     d = add("demo", cmd_demo, "train, analyse and report five methods on digits",
             "Train erm, mixup, manifold_mixup, multimix and dense_multimix on scikit-learn's digits (shipped, no "

@@ -8,6 +8,8 @@ never touch ``test``.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from embedlab.config import check_option_types
-from embedlab.errors import EmbedlabError
+from embedlab.errors import EmbedlabError, EmbedlabWarning
 from embedlab.registry import Registry
 
 SPLITS = ("train", "val", "test")
@@ -308,6 +310,8 @@ class ImageFolderData(_SplitImages):
         if not Path(root).is_dir():
             raise EmbedlabError(f"imagefolder root {root!r} does not exist or is not a directory")
         super().__init__(root, val_fraction, split_seed)
+        self._warned: set[str] = set()
+        self._missing: dict[str, list[str]] = {}  # split → training classes it has no image of
         if augment not in AUGMENTATIONS or (augment == "resized_crop" and not image_size):
             raise EmbedlabError(f"imagefolder option augment: one of {', '.join(AUGMENTATIONS)} "
                                 f"(resized_crop needs image_size), got {augment!r}")
@@ -323,12 +327,50 @@ class ImageFolderData(_SplitImages):
                                 "preact-resnet18")
 
     def _folder(self, sub: str, transform: Callable | None) -> Dataset:
+        """The images of ``train/``, ``val/`` or ``test/``. Class indices are always the training split's (its
+        sorted class folders): a val or test folder lacking a class keeps every other class's index (the missing
+        ones are in :meth:`describe` and one warning line); a class folder the training split does not have is an
+        error naming it."""
         from torchvision.datasets import ImageFolder
 
+        folder = Path(self.root) / sub
+        if sub == "train" or not hasattr(self, "info"):
+            try:
+                return ImageFolder(str(folder), transform=transform)
+            except (FileNotFoundError, RuntimeError) as e:
+                raise EmbedlabError(f"cannot read image folder {folder}: {e}") from None
+        known = self.info.classes
+        unknown = sorted(set(_class_folders(folder)) - set(known))
+        if unknown:
+            raise EmbedlabError(f"image folder {folder} has class folder{'s' if len(unknown) > 1 else ''} "
+                                f"{', '.join(map(repr, unknown))} that {Path(self.root) / 'train'} does not have; "
+                                f"every class of {sub}/ must be a class of train/ (known: {', '.join(known)})")
         try:
-            return ImageFolder(str(Path(self.root) / sub), transform=transform)
+            ds = ImageFolder(str(folder), transform=transform, allow_empty=True)
         except (FileNotFoundError, RuntimeError) as e:
-            raise EmbedlabError(f"cannot read image folder {Path(self.root) / sub}: {e}") from None
+            raise EmbedlabError(f"cannot read image folder {folder}: {e}") from None
+        # the split's own indices (its sorted folders) → the training split's
+        mapping = {c: i for i, c in enumerate(known)}
+        ds.samples = ds.imgs = [(path, mapping[ds.classes[t]]) for path, t in ds.samples]
+        ds.targets = [t for _, t in ds.samples]
+        ds.classes, ds.class_to_idx = list(known), mapping
+        present = {int(t) for t in ds.targets}
+        missing = [c for i, c in enumerate(known) if i not in present]
+        if self._missing.setdefault(sub, missing) and sub not in self._warned:
+            self._warned.add(sub)
+            warnings.warn(EmbedlabWarning(
+                f"image folder {folder} has no images of {len(missing)} of the {len(known)} training classes "
+                f"({', '.join(missing[:10])}{', …' if len(missing) > 10 else ''}); its other classes keep their "
+                f"training indices"), stacklevel=2)
+        return ds
+
+    def missing_classes(self, sub: str) -> list[str]:
+        """Training classes without any image in ``sub/`` (``val`` or ``test``; none for a val carved from train)."""
+        if sub == "val" and not (Path(self.root) / "val").is_dir():
+            return []
+        if sub not in self._missing:
+            self._folder(sub, None)
+        return self._missing[sub]
 
     @staticmethod
     def _stats(ds: Dataset, limit: int = 2000) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -350,7 +392,19 @@ class ImageFolderData(_SplitImages):
         return super().split(name, augment)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "image_size": self.resize, "augment": self.augment}
+        """As for every image dataset, plus ``missing_classes`` (``{split: [class, ...]}``) where a val or test folder
+        lacks training classes."""
+        missing = {sub: m for sub in ("val", "test") if (m := self.missing_classes(sub))}
+        return {**super().describe(), "image_size": self.resize, "augment": self.augment,
+                **({"missing_classes": missing} if missing else {})}
+
+
+def _class_folders(folder: Path) -> list[str]:
+    """The class folder names of an ImageFolder split, as torchvision finds them (sub-folders, sorted)."""
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir())
+    except OSError as e:
+        raise EmbedlabError(f"cannot read image folder {folder}: {e.strerror or e}") from None
 
 
 class _Relabel(Dataset):

@@ -697,15 +697,19 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
 
 
 def _content_hash(spec: ModelSpec, weights: Path | None) -> Any:
-    """SHA-256 over the spec and every weights file (all files of a ``save_pretrained`` folder): the cache key."""
+    """SHA-256 over the spec and every weights file (all files of a ``save_pretrained`` or sentence-transformers
+    folder, following symbolic links to module folders and files, :func:`embedlab.fingerprint.folder_files`): for
+    each file its path in the folder, its resolved real path and the SHA-256 of its bytes, so new weights behind a
+    link, or a link pointed elsewhere, are another model. The cache key and the results' model hash."""
+    from embedlab.fingerprint import folder_files
+
     h = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str).encode())
     if weights is not None:
         if not weights.exists():
             raise EmbedlabError(f"weights file not found: {weights}")
-        for f in sorted(weights.rglob("*")) if weights.is_dir() else [weights]:
-            if f.is_file():
-                h.update(str(f.relative_to(weights) if weights.is_dir() else f.name).encode())
-                h.update(sha256_file(f).encode())
+        for rel, f in folder_files(weights) if weights.is_dir() else [(weights.name, weights)]:
+            h.update(f"{rel}\0{f.resolve()}\0".encode())
+            h.update(sha256_file(f).encode())
     return h
 
 

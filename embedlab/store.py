@@ -2,8 +2,10 @@
 
 ``extract`` runs a model over a dataset split (batched, ``no_grad``, eval mode, bf16 autocast on CUDA) and streams
 embeddings ``(N, d)``, logits ``(N, C)`` and labels ``(N,)`` into ``.npy`` files, so that extractions larger than
-memory (1.3M × 2048) work; the arrays are then opened memory-mapped. ``cached_extract`` keys an extraction by the
-model's content hash, the dataset description, the split and the transform, so a second analysis reuses it.
+memory (1.3M × 2048) work; the arrays are then opened memory-mapped. ``cached_extract`` keys an extraction by
+everything that determines its output (:func:`cache_key`): the model's content hash, what the model computes, the
+dataset's description and content, the split, the transform and the precision, so a second analysis reuses it and
+a changed input never reads a stale entry.
 
 A cache entry is a directory ``<key>/`` holding the three arrays and ``done.json`` (shapes and SHA-256 of each file),
 written last and atomically: an entry without a valid ``done.json``, or whose files do not match it, is rebuilt,
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 from embedlab.data import collate_batched
 from embedlab.io import atomic_write_json, sha256_file
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: keys cover the computation, the data's content and the precision
 FIELDS = ("embeddings", "logits", "labels")
 
 
@@ -62,7 +64,8 @@ def extract(model: torch.nn.Module, dataset: Dataset, out_dir: str | Path | None
     n = len(dataset)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_batched,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+    dtype = autocast_dtype(device)
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
                 else torch.autocast("cpu", enabled=False))
     arrays: dict[str, np.ndarray] = {}
     pos = 0
@@ -112,9 +115,28 @@ def _allocated_memmap(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np
     return arr
 
 
-def cache_key(model_sha256: str, dataset: dict[str, Any], split: str, transform: str = "eval") -> str:
-    blob = json.dumps({"v": CACHE_VERSION, "model": model_sha256, "dataset": dataset, "split": split,
-                       "transform": transform}, sort_keys=True, default=str)
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of an extraction on ``device``: bf16 on CUDA, none (the model's own dtype, fp32) elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else None
+
+
+def precision(device: torch.device | str) -> str:
+    """The precision of an extraction on ``device`` as recorded in the cache key and in results.json:
+    ``"bfloat16-autocast"`` on CUDA, ``"float32"`` on CPU (see :func:`autocast_dtype`)."""
+    dtype = autocast_dtype(device)
+    return "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')}-autocast"
+
+
+def cache_key(model_sha256: str, dataset: dict[str, Any], split: str, transform: str = "eval", *,
+              computation: str = "", data: str = "", precision: str = "float32") -> str:
+    """The cache entry of one extraction, a hash of everything that determines its output: the weights
+    (``model_sha256``), the computation (``computation``: :func:`embedlab.fingerprint.module_fingerprint`, so two
+    networks with the same parameters but another activation differ), the dataset's description and content
+    (``data``: :func:`embedlab.fingerprint.dataset_fingerprint`, so swapped files under the same names differ), the
+    split, the transform and the precision (a bf16 GPU extraction and an fp32 CPU one never share an entry)."""
+    blob = json.dumps({"v": CACHE_VERSION, "model": model_sha256, "computation": computation, "dataset": dataset,
+                       "data": data, "split": split, "transform": transform, "precision": precision},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -139,9 +161,13 @@ def read_entry(entry: Path, verify: bool = True) -> Extracted | None:
 
 def cached_extract(model: torch.nn.Module, model_sha256: str, dataset_desc: dict[str, Any], split: str,
                    dataset: Dataset, cache_dir: str | Path | None = None, **kw: Any) -> tuple[Extracted, bool]:
-    """Extract or reuse a cached extraction; returns ``(arrays, was_cached)``."""
+    """Extract or reuse a cached extraction; returns ``(arrays, was_cached)``. The key (:func:`cache_key`) is
+    computed here from ``model``, ``dataset`` and the device, never taken on trust from the caller's names."""
+    from embedlab.fingerprint import dataset_fingerprint, module_fingerprint
+
     root = Path(cache_dir or default_cache_dir())
-    entry = root / cache_key(model_sha256, dataset_desc, split)
+    entry = root / cache_key(model_sha256, dataset_desc, split, computation=module_fingerprint(model),
+                             data=dataset_fingerprint(dataset), precision=precision(kw.get("device", "cpu")))
     hit = read_entry(entry)
     if hit is not None:
         return hit, True

@@ -7,8 +7,12 @@ optional ``val``, each as ``.jsonl``
     reviews/train.jsonl   {"text": "a gripping film", "label": "pos"}
     reviews/test.jsonl    {"text": "two hours lost", "label": "neg"}
 
-Labels are class names (strings) or integers. The classes are the labels of all splits together, in numeric order
-when every label is a whole number and in sorted string order otherwise; class ``i`` is the ``i``-th of them.
+Labels are class names (strings) or integers. The classes are the training split's labels (the test and val labels
+when there is no training file), in numeric order when every label is a whole number and in sorted string order
+otherwise; class ``i`` is the ``i``-th of them, in every split. A val or test label the training split does not have
+is an error naming it; a training class missing from val or test is fine (``describe()["missing_classes"]``, and one
+warning line). The integer ``1`` and the string ``"1"`` are never merged into one class: a dataset using both for
+one name is an error naming both (write every label of a class the same way).
 Nothing is carved from the training file: a text encoder has no classifier, so nothing needs a validation split.
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,7 @@ from torch.utils.data import Dataset
 
 from embedlab.config import MAX_CLASSES, parse_options
 from embedlab.data import SPLITS, DataSource, DatasetInfo
-from embedlab.errors import EmbedlabError
+from embedlab.errors import EmbedlabError, EmbedlabWarning
 
 SUFFIXES = (".jsonl", ".csv", ".tsv")
 
@@ -77,9 +82,26 @@ class TextData(DataSource):
         read = {split: _read_rows(path, opts) for split, path in files.items()}
         rows = {split: r for split, (r, _) in read.items()}
         self.sha256 = {split: sha for split, (_, sha) in read.items()}  # of the bytes read, for the cache key
-        raw = [label for texts_labels in rows.values() for _, label in texts_labels]
-        classes = _class_names(raw, folder)
+        _check_label_kinds(rows, files)
+        source = ["train"] if "train" in rows else list(rows)  # the classes are the training split's
+        classes = _class_names([label for s in source for _, label in rows[s]], folder)
         index = {name: i for i, name in enumerate(classes)}
+        self.missing: dict[str, list[str]] = {}  # split → training classes it has no example of
+        for split, r in rows.items():
+            labels = {str(lab) for _, lab in r}
+            unknown = sorted(labels - set(classes))
+            if unknown:
+                raise EmbedlabError(f"{files[split]}: label{'s' if len(unknown) > 1 else ''} "
+                                    f"{', '.join(map(repr, unknown[:10]))}{', …' if len(unknown) > 10 else ''} "
+                                    f"not in the training split {files['train'].name} (its classes: "
+                                    f"{', '.join(classes[:10])}{', …' if len(classes) > 10 else ''}); every val and "
+                                    f"test label must be a training class")
+            missing = [c for c in classes if c not in labels]
+            if missing:
+                self.missing[split] = missing
+                warnings.warn(EmbedlabWarning(
+                    f"{files[split]} has no examples of {len(missing)} of the {len(classes)} training classes "
+                    f"({', '.join(missing[:10])}{', …' if len(missing) > 10 else ''})"), stacklevel=2)
         self._splits = {split: Texts([t for t, _ in r], np.array([index[str(lab)] for _, lab in r], dtype=np.int64))
                         for split, r in rows.items()}
         self.splits = tuple(s for s in SPLITS if s in files)
@@ -97,7 +119,8 @@ class TextData(DataSource):
     def describe(self) -> dict[str, Any]:
         """The name, options and each split file's SHA-256 (the extraction cache's key: edited files re-encode)."""
         return {"name": self.info.name, "options": self.options,
-                "files": {s: {"name": p.name, "sha256": self.sha256[s]} for s, p in self.files.items()}}
+                "files": {s: {"name": p.name, "sha256": self.sha256[s]} for s, p in self.files.items()},
+                **({"missing_classes": self.missing} if self.missing else {})}
 
 
 def _read_rows(path: Path, opts: TextOptions) -> tuple[list[tuple[str, Any]], str]:
@@ -137,6 +160,24 @@ def _read_rows(path: Path, opts: TextOptions) -> tuple[list[tuple[str, Any]], st
                                 f"{label!r}")
         rows.append((text, label))
     return rows, hashlib.sha256(data).hexdigest()
+
+
+def _check_label_kinds(rows: dict[str, list[tuple[str, Any]]], files: dict[str, Path]) -> None:
+    """One line when the integer ``1`` and the string ``"1"`` both occur in ``.jsonl`` files (in any splits): as
+    class names they would be one class, and which the file meant is not known. (A ``.csv``/``.tsv`` field has no
+    type: ``1`` there is the name ``"1"`` and matches either.)"""
+    first: dict[str, tuple[Any, str]] = {}  # str(label) → (label, split) where it was first seen
+    for split, r in rows.items():
+        if files[split].suffix != ".jsonl":
+            continue
+        for _, label in r:
+            seen = first.setdefault(str(label), (label, split))
+            if type(seen[0]) is not type(label):
+                a, b = (seen, (label, split)) if isinstance(seen[0], int) else ((label, split), seen)
+                raise EmbedlabError(f"text dataset {files[split].parent}: label {a[0]!r} (an integer, in "
+                                    f"{files[a[1]].name}) and {b[0]!r} (a string, in {files[b[1]].name}) would be "
+                                    f"one class; write every label of a class the same way (all integers or all "
+                                    f"strings)")
 
 
 def _class_names(labels: list[Any], folder: Path) -> tuple[str, ...]:

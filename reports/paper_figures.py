@@ -10,7 +10,10 @@ no global backend is chosen. File names are lower-case ASCII slugs, stable for t
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -369,22 +372,72 @@ def _confusion(groups: Sequence[Group], out: _Writer) -> None:
 # --------------------------------------------------------------------------------------------- entry point
 
 
+def check_figures_folder(directory: str | Path) -> Path:
+    """``directory`` as a figures folder: never a symbolic link (figures are not written through one) and, where it
+    exists, a folder; one line otherwise."""
+    out_dir = Path(directory)
+    if out_dir.is_symlink():
+        raise EmbedlabError(f"figures folder {out_dir} is a symbolic link; embedlab never writes through one (give "
+                            f"the folder it points to, or another --figures)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EmbedlabError(f"figures folder {out_dir} exists and is not a folder")
+    return out_dir
+
+
 def write_figures(results: Sequence[ModelResult], directory: str | Path, *, studies: Sequence[StudyResult] = (),
-                  umap_kwargs: Mapping[str, Any] | None = None) -> list[Path]:
+                  umap_kwargs: Mapping[str, Any] | None = None, force: bool = False,
+                  protected: Sequence[Path] = ()) -> list[Path]:
     """Draw every report figure of ``results`` (grouped over seeds as in the report) and ``studies`` into
     ``directory`` (created when missing), each as ``<name>.pdf`` and ``<name>.png``; return the paths written, in
     drawing order. ``umap_kwargs``: the UMAP settings, as for :func:`embedlab.reports.html.render_report` (the same
-    settings give the same layouts). Malformed plot data is one :class:`EmbedlabError` line naming the files."""
+    settings give the same layouts). Malformed plot data is one :class:`EmbedlabError` line naming the files.
+
+    The figures are drawn into a hidden folder inside ``directory`` first and moved to their names only when none
+    of those names is taken: a file already there is one line naming the first (unless ``force``), and a symbolic
+    link there, a non-regular file or one of ``protected`` (the report's inputs) is refused even with ``force``;
+    nothing in ``directory`` changes on refusal, and a replaced file is replaced by a rename, never written through."""
     if not results and not studies:
         raise EmbedlabError("no results to draw figures for")
-    out_dir = Path(directory)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EmbedlabError(f"figures folder {out_dir} exists and is not a folder")
+    out_dir = check_figures_folder(directory)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".embedlab-figures-", suffix=".tmp", dir=out_dir))
     except OSError as e:
         raise EmbedlabError(f"cannot create figures folder {out_dir}: {' '.join(str(e).split())}") from e
-    out = _Writer(out_dir)
+    try:
+        drawn = _draw_figures(results, stage, out_dir, studies, umap_kwargs)
+        return _move_into(drawn, out_dir, force, protected)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _move_into(drawn: list[Path], out_dir: Path, force: bool, protected: Sequence[Path]) -> list[Path]:
+    """Move the drawn files into ``out_dir`` under their names, after checking every target first."""
+    targets = [out_dir / p.name for p in drawn]
+    for t in targets:
+        if t.is_symlink():
+            raise EmbedlabError(f"{t} is a symbolic link; embedlab never writes through one (remove it or choose "
+                                f"another --figures)")
+        if not t.exists():
+            continue
+        if not t.is_file():
+            raise EmbedlabError(f"{t} exists and is not a regular file; choose another --figures")
+        if any(p.exists() and os.path.samefile(t, p) for p in protected):
+            raise EmbedlabError(f"{t} is one of the report's inputs; choose another --figures")
+        if not force:
+            raise EmbedlabError(f"{t} already exists; choose another --figures or pass --force to replace the "
+                                f"figures there")
+    try:
+        for p, t in zip(drawn, targets):
+            os.replace(p, t)
+    except OSError as e:
+        raise EmbedlabError(f"cannot write figures into {out_dir}: {' '.join(str(e).split())}") from e
+    return targets
+
+
+def _draw_figures(results: Sequence[ModelResult], stage: Path, out_dir: Path, studies: Sequence[StudyResult],
+                  umap_kwargs: Mapping[str, Any] | None) -> list[Path]:
+    out = _Writer(stage)
     settings = F.umap_settings(umap_kwargs)  # unknown options fail before any drawing
     try:
         with _style():
@@ -397,7 +450,7 @@ def write_figures(results: Sequence[ModelResult], directory: str | Path, *, stud
                     try:
                         PAPER_DRAWERS[ps.kind](groups, colors, ps, out)
                     except F.PLOT_DATA_ERRORS as e:
-                        scratch = _Writer(out_dir, dry_run=True)
+                        scratch = _Writer(stage, dry_run=True)
                         raise F.malformed(ps, e, lambda one: PAPER_DRAWERS[one.kind](groups, colors, one, scratch)) \
                             from e
                 _training(groups, colors, out)

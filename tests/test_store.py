@@ -40,7 +40,7 @@ def test_cache_reuse_and_rebuild(tmp_path):
     ref = np.array(a.embeddings)  # a is memory-mapped onto the file corrupted below
     b, hit = cached_extract(model, "sha", {"name": "x"}, "test", ds, tmp_path)
     assert hit and np.array_equal(a.embeddings, b.embeddings)
-    entry = tmp_path / cache_key("sha", {"name": "x"}, "test")
+    (entry,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]  # the one entry of this extraction
     # a flipped byte in an array → detected by the recorded SHA-256 → rebuilt
     raw = bytearray((entry / "embeddings.npy").read_bytes())
     raw[-1] ^= 0xFF
@@ -75,3 +75,6 @@ def test_key_depends_on_model_data_split():
     assert base != cache_key("b", {"name": "d"}, "test")
     assert base != cache_key("a", {"name": "e"}, "test")
     assert base != cache_key("a", {"name": "d"}, "train")
+    assert base != cache_key("a", {"name": "d"}, "test", computation="relu")
+    assert base != cache_key("a", {"name": "d"}, "test", data="other files")
+    assert base != cache_key("a", {"name": "d"}, "test", precision="bfloat16-autocast")
