@@ -225,3 +225,44 @@ def test_train_accuracy_of_erm_is_the_accuracy_on_its_training_labels():
     assert agree.tolist() == [float((model(x).argmax(1) == y).sum()), 32.0]
     create_method("erm").loss(model, x, y, torch.Generator())  # outside the context: nothing recorded
     assert agree[1] == 32
+
+
+def test_rank_seeds_never_replay_another_seed_and_rank_0_keeps_the_run_seed():
+    from embedlab.trainers.distributed import rank_seed
+
+    seeds = {(s, r): rank_seed(s, r) for s in range(20) for r in range(8)}
+    assert all(seeds[(s, 0)] == s for s in range(20))  # single-process runs are unchanged
+    assert len(set(seeds.values())) == len(seeds)  # seed + rank made (1, r) == (0, r + 1)
+    assert all(0 <= v < 2**63 for v in seeds.values())
+
+
+def test_a_training_state_with_another_device_generator_resumes_with_a_warning():
+    """A CUDA run resumed on CPU: the mixing generator's saved state (CUDA's is 16 bytes, CPU's 5,056) cannot be
+    set on a CPU generator; it is reseeded from that state with a warning instead of a RuntimeError."""
+    import warnings
+
+    import torch
+
+    from embedlab.errors import EmbedlabWarning
+    from embedlab.trainers.state import capture_rng, restore_rng
+
+    gen, loader = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    rng = capture_rng(torch.device("cpu"), gen, loader)
+    rng["mix"] = torch.arange(16, dtype=torch.uint8)  # the layout of a CUDA generator's state
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        restore_rng(rng, torch.device("cpu"), gen, loader)
+    assert any(issubclass(w.category, EmbedlabWarning) and "another device type" in str(w.message) for w in caught)
+    a = torch.rand(3, generator=gen)
+    restore_rng(rng, torch.device("cpu"), gen, loader)
+    assert torch.equal(a, torch.rand(3, generator=gen))  # the reseed is a function of the saved state
+
+
+def test_compiled_stages_get_a_recompile_budget_above_dynamos_default():
+    import torch._dynamo.config as dynamo
+
+    from embedlab.models import create_model
+    from embedlab.trainers.loop import RECOMPILE_LIMIT, _compile
+
+    _compile(create_model("cnn-gap", 10, (1, 8, 8), width=4))
+    assert dynamo.recompile_limit >= RECOMPILE_LIMIT > 8

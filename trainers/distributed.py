@@ -71,6 +71,8 @@ def setup(device_name: str) -> tuple[DistEnv, torch.device, bool]:
     env = env_from_environ()
     device = resolve_device(device_name)
     if not env.enabled:
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # cuda:N alone: kernels and allocations default to that device, not cuda:0
         return env, device, False
     if device.type == "cuda":
         device = torch.device("cuda", env.local_rank)
@@ -117,3 +119,18 @@ def average_buffers(model: nn.Module, env: DistEnv) -> None:
         if b.is_floating_point():
             dist.all_reduce(b, op=dist.ReduceOp.SUM)
             b.div_(env.world_size)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank`` of a run seeded ``seed``: ``seed`` itself on rank 0 (a single-process run is
+    unchanged), else a 63-bit draw of ``numpy.random.SeedSequence([seed, rank])``. (``seed + rank`` made run seed 1's
+    rank r replay run seed 0's rank r + 1.)
+
+    >>> rank_seed(7, 0), rank_seed(1, 0) == rank_seed(0, 1)
+    (7, False)
+    """
+    if rank == 0:
+        return int(seed)
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, np.uint64)[0] >> np.uint64(1))

@@ -8,7 +8,8 @@ events — each file written atomically, so a kill at any moment leaves the prev
 Speed on CUDA: bf16 autocast, channels-last, pinned memory with non-blocking copies and workers, optional
 ``torch.compile`` of each model stage, no host synchronisation per step (losses stay on the device and are checked
 every ``log_every`` steps). Under ``torchrun`` the loss is computed inside DistributedDataParallel's forward, each
-process mixes its own batch (MultiMix's m and n are per process) with its own generator (seed + rank), and metrics
+process mixes its own batch (MultiMix's m and n are per process) with its own generator (seeded by
+``rank_seed(seed, rank)``), and metrics
 are summed over processes.
 
 Test hook: ``EMBEDLAB_TEST_KILL_AT_STEP=k`` makes the process SIGKILL itself right after optimizer step k (the resume
@@ -41,7 +42,8 @@ from embedlab.io import atomic_write_json, atomic_write_text, exclusive
 from embedlab.methods import MixMethod, create_method
 from embedlab.methods.base import track_agreement
 from embedlab.models import MODELS, EmbedNet, create_model
-from embedlab.trainers.distributed import (DistEnv, all_reduce_sum, average_buffers, gather_objects, resolve_device, setup)
+from embedlab.trainers.distributed import (DistEnv, all_reduce_sum, average_buffers, gather_objects, rank_seed,
+                                           resolve_device, setup)
 from embedlab.trainers.state import STATE_FILE, capture_rng, load_state, restore_rng, save_state, state_digest
 from embedlab.trainers.tb_writer import EventLog
 
@@ -50,6 +52,7 @@ __all__ = ["build", "build_optimizer", "evaluate", "make_loader", "resolve_devic
 BEST = "best.safetensors"
 METRICS = "metrics.jsonl"
 VAL_BATCH = 512
+RECOMPILE_LIMIT = 64  # torch.compile recompiles allowed per compiled stage (see _compile)
 
 
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False,
@@ -146,6 +149,12 @@ class _MethodLoss(nn.Module):
 def _compile(model: EmbedNet) -> None:
     """``torch.compile`` in place (state-dict names unchanged): each stage of a staged model, else the model's
     forward. Methods call stages through ``features_at``/``forward_from``, so they run compiled code."""
+    import torch._dynamo.config as dynamo
+
+    # every stage shares Dynamo's recompile budget (8 by default): methods that call stages with new shapes or
+    # layers (manifold mixup's layers, PuzzleMix's extra pass) filled it and ran eagerly ("hit recompile_limit")
+    dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
+    dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
     parts = list(model.stages) or [model]
     for part in parts:
         part.compile()
@@ -256,7 +265,7 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device, *, p
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     with _backend_flags(cfg, device, fast_math=bf16):
         # augmentation in this process draws from the global RNG; each process its own stream
-        torch.manual_seed(cfg.seed + env.rank)
+        torch.manual_seed(rank_seed(cfg.seed, env.rank))
         if state is not None:
             model.load_state_dict(state["model"])
         model.to(device)
@@ -270,14 +279,14 @@ def _train(cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device, *, p
             sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                          seed=cfg.seed, drop_last=True)
             val_ds = Subset(val_ds, list(range(env.rank, len(val_ds), env.world_size)))  # exact shards, no padding
-        train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed + env.rank, drop_last=True,
+        train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=rank_seed(cfg.seed, env.rank), drop_last=True,
                                    num_workers=cfg.num_workers, pin_memory=pin, sampler=sampler)
         val_loader = make_loader(val_ds, VAL_BATCH, shuffle=False, num_workers=cfg.num_workers, pin_memory=pin)
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
             raise EmbedlabError(f"the training split has {len(train_ds)} examples per process, fewer than one batch "
                                 f"of {cfg.batch_size}; lower batch_size")
-        gen = torch.Generator(device=device).manual_seed(cfg.seed + env.rank)
+        gen = torch.Generator(device=device).manual_seed(rank_seed(cfg.seed, env.rank))
         opt, sched = build_optimizer(cfg, model, steps_per_epoch)
 
         meta: dict[str, Any]

@@ -49,7 +49,17 @@ def capture_rng(device: torch.device, mix_gen: torch.Generator, loader_gen: torc
 def restore_rng(rng: dict[str, Any], device: torch.device, mix_gen: torch.Generator,
                 loader_gen: torch.Generator) -> None:
     torch.set_rng_state(rng["torch"])
-    mix_gen.set_state(rng["mix"])
+    try:
+        mix_gen.set_state(rng["mix"])
+    except (RuntimeError, ValueError):  # saved by a generator of another device (a CUDA run resumed on CPU, or back)
+        import warnings
+
+        from embedlab.errors import EmbedlabWarning
+
+        mix_gen.manual_seed(int.from_bytes(hashlib.sha256(rng["mix"].numpy().tobytes()).digest()[:8], "little") >> 1)
+        warnings.warn(EmbedlabWarning("the training state's mixing generator was saved on another device type; it is "
+                                      "reseeded from that state, so this resume is not bit-identical to an "
+                                      "uninterrupted run"), stacklevel=2)
     loader_gen.set_state(rng["loader"])
     n = rng["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
@@ -57,9 +67,8 @@ def restore_rng(rng: dict[str, Any], device: torch.device, mix_gen: torch.Genera
     p = rng["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
     if device.type == "cuda":
-        if "cuda" not in rng:
-            raise EmbedlabError("the saved training state was written on CPU; resume it on CPU (--device cpu)")
-        torch.cuda.set_rng_state(rng["cuda"], device)
+        if "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], device)  # a state written on CPU leaves CUDA's RNG as seeded
 
 
 def _cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
