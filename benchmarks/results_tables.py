@@ -88,9 +88,9 @@ def main() -> None:
     p.add_argument("benchmark", type=Path, help="benchmark.json")
     p.add_argument("metrics", nargs="+", help="metric names as in results.json")
     p.add_argument("--no-diff", action="store_true", help="means only")
-    p.add_argument("--relabel", action="append", default=[], metavar="LABEL=TEXT",
+    p.add_argument("--relabel", action="append", default=[], metavar="LABEL=>TEXT",
                    help="print row LABEL as TEXT (e.g. to name the embedlab variant a row written before "
-                        "benchmark rows recorded it); repeatable")
+                        "benchmark rows recorded it); LABEL=TEXT where LABEL has no '='; repeatable")
     p.add_argument("--count", metavar="METHODS", nargs="?", const="",
                    help="print how many paired comparisons of METHODS (comma-separated; default all) are significant")
     a = p.parse_args()
@@ -98,7 +98,7 @@ def main() -> None:
     if a.count is not None:
         print(significance_count(result, a.metrics, [m for m in a.count.split(",") if m] or None))
         return
-    relabel = dict(r.split("=", 1) for r in a.relabel)
+    relabel = dict(r.split("=>", 1) if "=>" in r else r.split("=", 1) for r in a.relabel)
     print(table(result, a.metrics, not a.no_diff, relabel))
 
 
