@@ -56,6 +56,27 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def require_regular_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` if it is a regular file (symbolic links followed); one line for anything else, before anything opens
+    it: opening a FIFO blocks until a writer comes, a device may never end."""
+    import stat
+
+    from embedlab.errors import EmbedlabError
+
+    p = Path(path)
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise EmbedlabError(f"{what} not found: {p}") from None
+    except OSError as e:  # a symlink loop, a name too long, permission denied on a parent
+        raise EmbedlabError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise EmbedlabError(f"{what} {p} is {kind}, not a regular file; give a regular file")
+    return p
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes, read in chunks."""
     h = hashlib.sha256()
