@@ -225,6 +225,9 @@ def check_seeds(seeds: Sequence[int], text: str | None = None) -> tuple[int, ...
     seeds = tuple(seeds)
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise EmbedlabError(f"--seeds: expected distinct integers >= 0, got {text or ','.join(map(str, seeds))!r}")
+    if max(seeds) > 2**63 - 1:
+        raise EmbedlabError(f"--seeds: a seed must be <= 2**63 - 1 (torch takes a signed 64-bit seed), got "
+                            f"{max(seeds)}")
     return seeds
 
 

@@ -42,6 +42,14 @@ _positive_float = _number(float, 0.0, True, "a positive number")
 _nonneg_float = _number(float, 0.0, False, "a number >= 0")
 
 
+def _seed(s: str) -> int:
+    """argparse type: a seed, an integer 0 .. 2**63 - 1 (torch takes a signed 64-bit seed)."""
+    v = _nonneg_int(s)
+    if v > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"expected a seed 0 .. 2**63 - 1, got {s!r}")
+    return v
+
+
 def _int_list(s: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in s.split(",") if p.strip())
@@ -250,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=("cosine", "step", "constant"), help="learning-rate schedule [cosine]")
     t.add_argument("--milestones", type=_int_list, help="epochs at which the step schedule multiplies lr by --lr-gamma")
     t.add_argument("--lr-gamma", type=_positive_float, help="step-schedule factor [0.1]")
-    t.add_argument("--seed", type=_nonneg_int, help="seed for initialisation, shuffling and mixing [0]")
+    t.add_argument("--seed", type=_seed, help="seed for initialisation, shuffling and mixing [0]")
     t.add_argument("--seeds", type=_int_list, metavar="S1,S2,...",
                    help="train one run per seed, into OUT/seed<S> (instead of --seed)")
     t.add_argument("--device", help="auto, cpu or cuda[:N]; under torchrun each process uses cuda:LOCAL_RANK [auto]")
@@ -322,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--umap-epochs", type=_positive_int, default=200, help="UMAP layout epochs")
     r.add_argument("--max-points", type=_nonneg_int, default=10000,
                    help="subsample each UMAP to at most this many points (0: every point); stated on the figure")
-    r.add_argument("--seed", type=_nonneg_int, default=0, help="UMAP and subsampling seed")
+    r.add_argument("--seed", type=_seed, default=0, help="UMAP and subsampling seed")
     r.add_argument("--workers", type=_nonneg_int, default=0,
                    help="processes computing the UMAP layouts (0: automatic, several only for 20,000+ points in all "
                         "and on idle CPU cores); the layouts do not depend on it")
@@ -335,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="embedlab-demo", help="output directory")
     d.add_argument("--methods", default=",".join(api.DEMO_METHODS), help="comma-separated methods to compare")
     d.add_argument("--epochs", type=_positive_int, default=30, help="epochs per method")
-    d.add_argument("--seed", type=_nonneg_int, default=0, help="seed")
+    d.add_argument("--seed", type=_seed, default=0, help="seed")
     d.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     d.add_argument("--force", action="store_true", help="redo the demo over an existing OUT")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -353,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
              "Each writes a JSON that `embedlab report` renders as its own section. See docs/STUDIES.md.")
     st.add_argument("study", choices=("benchmark", "toy-depth", "confmix"))
     st.add_argument("--out", required=True, help="output directory")
-    st.add_argument("--seed", type=_nonneg_int, default=0, help="toy-depth: seed of the datasets and models")
+    st.add_argument("--seed", type=_seed, default=0, help="toy-depth: seed of the datasets and models")
     st.add_argument("--realisations", type=_positive_int, default=100, help="toy-depth: datasets per K")
     st.add_argument("--ks", default="2,3,4,5", help="toy-depth: class counts K")
     st.add_argument("--threads", type=_positive_int, default=None, help="toy-depth: torch CPU threads")

@@ -308,6 +308,11 @@ class ImageFolderData(_SplitImages):
         if not Path(root).is_dir():
             raise EmbedlabError(f"imagefolder root {root!r} does not exist or is not a directory")
         super().__init__(root, val_fraction, split_seed)
+        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                       or not 1 <= image_size <= MAX_IMAGE_SIZE):
+            raise EmbedlabError(f"imagefolder option image_size: the side images are resized to, 1 .. "
+                                f"{MAX_IMAGE_SIZE} pixels, got {image_size!r}")
+        self._first_size: tuple[int, int] | None = None
         if augment not in AUGMENTATIONS or (augment == "resized_crop" and not image_size):
             raise EmbedlabError(f"imagefolder option augment: one of {', '.join(AUGMENTATIONS)} "
                                 f"(resized_crop needs image_size), got {augment!r}")
@@ -318,15 +323,17 @@ class ImageFolderData(_SplitImages):
         folder = self._folder("train", _image_transform(0, False, False, image_size, augment))
         if len(folder) == 0:
             raise EmbedlabError(f"image folder {Path(root) / 'train'} holds no images")
+        if image_size is None:  # every image must then have the size of the first: a batch stacks them
+            self._first_size = folder.first_size = folder.size_of(0)
         mean, std = self._stats(folder)
         self.info = DatasetInfo("imagefolder", tuple(folder.classes), tuple(folder[0][0].shape), mean, std,
                                 "preact-resnet18")
 
     def _folder(self, sub: str, transform: Callable | None) -> Dataset:
-        from torchvision.datasets import ImageFolder
-
         try:
-            return ImageFolder(str(Path(self.root) / sub), transform=transform)
+            from embedlab.imagefolder import SafeImageFolder
+
+            return SafeImageFolder(str(Path(self.root) / sub), transform=transform, first_size=self._first_size)
         except (FileNotFoundError, RuntimeError) as e:
             raise EmbedlabError(f"cannot read image folder {Path(self.root) / sub}: {e}") from None
 
@@ -351,6 +358,11 @@ class ImageFolderData(_SplitImages):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "image_size": self.resize, "augment": self.augment}
+
+
+MAX_IMAGE_SIZE = 4096  # imagefolder's image_size: the side every image is resized to
+
+
 
 
 class _Relabel(Dataset):

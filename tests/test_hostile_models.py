@@ -119,3 +119,115 @@ def test_every_transformers_load_passes_trust_remote_code_false():
     assert len(calls) >= 4
     for call in calls:
         assert "trust_remote_code=False" in call, call
+
+
+# ============================================================================ 3. nothing hangs
+_FIFO_SCRIPT = """
+import json, os, sys
+from embedlab.cli import main
+root = sys.argv[1]
+out = {}
+for case in ("arrays.npz", "model.safetensors", "spec.json", "weights.json"):
+    try:
+        rc = main(["analyze", os.path.join(root, case), "--out", os.path.join(root, "res"), "--cache-dir",
+                   os.path.join(root, "cache"), "--analyses", "knn", "--no-progress", "--trust-code"])
+    except SystemExit as e:
+        rc = e.code
+    out[case] = rc
+print(json.dumps(out))
+"""
+
+
+def test_a_fifo_is_refused_before_anything_reads_it(tmp_path):
+    """A FIFO given as arrays, checkpoint, spec or a spec's weights blocked the first read forever: each is one
+    line naming it before it is opened (a real process, so that a regression times out instead of hanging)."""
+    for name in ("arrays.npz", "model.safetensors", "spec.json", "fifo.pth"):
+        os.mkfifo(tmp_path / name)
+    (tmp_path / "weights.json").write_text(json.dumps({"name": "w", "kind": "torchvision", "arch": "resnet18",
+                                                       "weights": "fifo.pth", "dataset": "digits"}))
+    proc = subprocess.run([sys.executable, "-c", _FIFO_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"arrays.npz": 2, "model.safetensors": 2,
+                                                                "spec.json": 2, "weights.json": 2}, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 4 and all("is a FIFO (named pipe), not a regular file" in line for line in lines), lines
+    assert "fifo.pth" in lines[3]
+
+
+def test_a_folder_that_is_not_a_save_pretrained_folder_is_refused_before_hashing(tmp_path, vit, capsys,
+                                                                                   monkeypatch):
+    """``"weights": "~"`` (a home directory), or a folder with a 16 GB file and no config.json, was hashed in full
+    before the config check; now config.json is checked first, and only the files a load reads are hashed (never
+    a stray large file beside them)."""
+    import embedlab.external as external
+
+    hashed: list[str] = []
+    real = external.sha256_file
+    monkeypatch.setattr(external, "sha256_file", lambda p, *a: hashed.append(Path(p).name) or real(p, *a))
+    home = tmp_path / "home"
+    home.mkdir()
+    with open(home / "big.iso", "wb") as fh:  # sparse: no disk space
+        fh.truncate(16 << 30)
+    monkeypatch.setenv("HOME", str(home))
+    line = _error(capsys, "analyze", _hf_spec(tmp_path, Path("~")), "--out", tmp_path / "r", "--analyses", "knn",
+                  "--cache-dir", tmp_path / "c", "--no-progress")
+    assert "not a save_pretrained folder" in line and hashed == [], (line, hashed)
+    folder = tmp_path / "vit"
+    shutil.copytree(vit, folder)
+    with open(folder / "checkpoint-backup.bin", "wb") as fh:
+        fh.truncate(16 << 30)
+    rc, err = _outcome(capsys, "analyze", _hf_spec(tmp_path, folder), "--out", tmp_path / "r", "--analyses",
+                       "accuracy", "--cache-dir", tmp_path / "c", "--no-progress", "--device", "cpu")
+    assert rc == 0, err
+    assert sorted(hashed) == ["config.json", "model.safetensors", "preprocessor_config.json"], hashed
+
+
+def _images(folder: Path, n: int = 3, size: tuple[int, int] = (8, 8), seed: int = 0) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def _image_tree(root: Path) -> Path:
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            _images(root / split / c)
+    return root
+
+
+_WALK_SCRIPT = """
+import sys
+from embedlab.data import create_dataset
+d = create_dataset("imagefolder", root=sys.argv[1], val_fraction=0.0)
+print(len(d.split("train")), len(d.split("test")))
+"""
+
+
+def test_symbolic_link_loops_in_an_image_folder_are_walked_once(tmp_path):
+    """Two ``x -> .`` links in a class folder made the walk run for minutes, then MemoryError: each folder is now
+    walked once (links to other folders still followed), and a FIFO named like an image is skipped."""
+    root = _image_tree(tmp_path / "imgs")
+    for name in ("x", "y"):
+        (root / "train" / "a" / name).symlink_to(".")
+    elsewhere = tmp_path / "more"
+    _images(elsewhere, n=2, seed=1)
+    (root / "train" / "b" / "more").symlink_to(elsewhere)  # a linked folder of images: read
+    os.mkfifo(root / "test" / "a" / "pipe.png")
+    proc = subprocess.run([sys.executable, "-c", _WALK_SCRIPT, str(root)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["8", "6"]
+
+
+def test_train_workers_is_range_checked(tmp_path, capsys):
+    """``--workers 100000`` started launching 100,000 loader processes; now one line before anything starts."""
+    from embedlab.config import max_workers
+
+    line = _error(capsys, "train", "--workers", "100000", "--epochs", "1", "--out", tmp_path / "r", "--no-progress")
+    assert f"num_workers (--workers) must be 0 .. {max_workers()}" in line and "100000" in line
+    assert not (tmp_path / "r").exists()
+    line = _error(capsys, "train", "--seed", str(2**64), "--epochs", "1", "--out", tmp_path / "r")
+    assert "--seed" in line and "2**63 - 1" in line, line
