@@ -231,3 +231,79 @@ def test_train_workers_is_range_checked(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
     line = _error(capsys, "train", "--seed", str(2**64), "--epochs", "1", "--out", tmp_path / "r")
     assert "--seed" in line and "2**63 - 1" in line, line
+
+
+# ============================================================================ 2. lying configs and weights: one line
+def _weights(folder: Path, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    save_file(change(dict(state)), folder / "model.safetensors")
+
+
+def _lying_header(folder: Path) -> None:
+    (folder / "model.safetensors").write_bytes((1 << 40).to_bytes(8, "little") + b"{}" * 8)
+
+
+def _deep(folder: Path) -> None:
+    (folder / "config.json").write_text('{"model_type": "vit", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+HF_CASES = {
+    "no tensors": (lambda f: _weights(f, lambda s: {"unrelated": torch.zeros(1)}), "has no tensor for"),
+    "missing keys": (lambda f: _weights(f, lambda s: {k: v for k, v in s.items() if "layernorm" not in k}),
+                     "has no tensor for"),
+    "renamed keys": (lambda f: _weights(f, lambda s: {k.replace("vit.", "encoder."): v for k, v in s.items()}),
+                     "has no tensor for"),
+    "wrong shape": (lambda f: _weights(f, lambda s: {**s, "classifier.weight": torch.zeros(5, 32)}),
+                    "cannot load the transformers image model"),
+    "lying header": (_lying_header, "cannot read weights"),
+    "string width": (lambda f: _edit_json(f / "config.json", hidden_size="16"), "cannot"),
+    "deep config": (_deep, "nested too deeply"),
+    "huge width": (lambda f: _edit_json(f / "config.json", hidden_size=2**20, intermediate_size=2**22),
+                   "describes a model of"),
+    "huge image": (lambda f: _edit_json(f / "config.json", image_size=2**20), "describes a model of"),
+    "deep model": (lambda f: _edit_json(f / "config.json", num_hidden_layers=10**6), "at most 1000"),
+    "processor size": (lambda f: _edit_json(f / "preprocessor_config.json", size={"height": "big", "width": 16}),
+                       "preprocessor_config.json"),
+    "processor huge size": (lambda f: _edit_json(f / "preprocessor_config.json", size={"height": 10**6,
+                                                                                       "width": 10**6}),
+                            "preprocessor_config.json"),
+    "processor mean": (lambda f: _edit_json(f / "preprocessor_config.json", image_mean="abc"), "image_mean"),
+    "processor std 0": (lambda f: _edit_json(f / "preprocessor_config.json", image_std=[0, 0, 0]), "image_std"),
+    "config class": (lambda f: _edit_json(f / "config.json", architectures=["ViTConfig"]),
+                     "not a transformers model class"),
+    "processor class": (lambda f: _edit_json(f / "config.json", architectures=["ViTImageProcessor"]),
+                        "not a transformers model class"),
+    "quantized": (lambda f: _edit_json(f / "config.json", quantization_config={"quant_method": "bitsandbytes",
+                                                                               "load_in_8bit": True}),
+                  "quantiz"),
+    "unknown model type": (lambda f: _edit_json(f / "config.json", model_type="no-such-model"), "cannot read"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HF_CASES))
+def test_lying_hugging_face_configs_and_weights_are_one_line(tmp_path, vit, capsys, case):
+    """Weights that miss tensors were analysed as a random network without a word (transformers' "newly
+    initialized" log is silenced): now an error naming the keys; other lies were tracebacks or allocations."""
+    change, message = HF_CASES[case]
+    folder = tmp_path / "m"
+    shutil.copytree(vit, folder)
+    change(folder)
+    line = _error(capsys, "analyze", _hf_spec(tmp_path, folder), "--out", tmp_path / "r", "--analyses", "accuracy",
+                  "--cache-dir", tmp_path / "c", "--no-progress", "--device", "cpu")
+    assert message in line, line
+    assert not (tmp_path / "r" / "m").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "bfloat16", "no-such-dtype"])
+def test_a_config_dtype_never_changes_what_is_computed(tmp_path, vit, capsys, dtype):
+    """The model is read in float32 whatever config.json's dtype says (fp8 and unknown dtypes were tracebacks)."""
+    folder = tmp_path / "m"
+    shutil.copytree(vit, folder)
+    _edit_json(folder / "config.json", dtype=dtype, torch_dtype=dtype)
+    rc, err = _outcome(capsys, "analyze", _hf_spec(tmp_path, folder), "--out", tmp_path / "r", "--analyses",
+                       "accuracy", "--cache-dir", tmp_path / "c", "--no-progress", "--device", "cpu")
+    assert rc == 0 or (rc == 2 and len(err.strip().splitlines()) == 1), err
+    if rc == 0:
+        assert not err.strip(), err
