@@ -737,12 +737,13 @@ def _check_modules_json(folder: Path) -> None:
                                 f"got {e!r:.100}")
         if not kind.startswith("sentence_transformers."):
             continue  # sentence-transformers refuses it, naming it (never imported)
-        obj: Any = None
         module_name, _, name = kind.rpartition(".")
-        try:
-            obj = getattr(importlib.import_module(module_name), name, None)
-        except ImportError:
-            pass
+        try:  # sentence-transformers' own modules only: importing them runs nothing from the folder
+            with warnings.catch_warnings():  # its deprecated aliases (sentence_transformers.models, ...) warn
+                warnings.simplefilter("ignore")
+                obj = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError, ValueError):
+            continue  # a legacy name sentence-transformers maps itself, or one it refuses with its own message
         if not (isinstance(obj, type) and issubclass(obj, nn.Module)) or ".losses" in kind or "Loss" in name:
             raise EmbedlabError(f"{where}: module {i} type {kind!r} is not a sentence-transformers module class "
                                 f"(e.g. sentence_transformers.models.Transformer, Pooling, Dense, Normalize)")

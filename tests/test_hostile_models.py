@@ -307,3 +307,62 @@ def test_a_config_dtype_never_changes_what_is_computed(tmp_path, vit, capsys, dt
     assert rc == 0 or (rc == 2 and len(err.strip().splitlines()) == 1), err
     if rc == 0:
         assert not err.strip(), err
+
+
+# ============================================================================ 2. sentence-transformers folders
+def _modules(folder: Path, entries) -> None:
+    (folder / "modules.json").write_text(json.dumps(entries))
+
+
+def _pickled_dense(folder: Path, marker: Path) -> None:
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    dense = folder / "2_Dense"
+    dense.mkdir()
+    (dense / "config.json").write_text(json.dumps({"in_features": 16, "out_features": 4, "bias": True,
+                                                   "activation_function": "torch.nn.modules.linear.Identity"}))
+    torch.save({"linear.weight": Payload()}, dense / "pytorch_model.bin")
+    entries = json.loads((folder / "modules.json").read_text())
+    _modules(folder, [*entries, {"idx": 2, "name": "2", "path": "2_Dense",
+                                 "type": "sentence_transformers.base.modules.dense.Dense"}])
+
+
+def _no_tensors(folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"unrelated": torch.zeros(1)}, folder / "model.safetensors")
+
+
+ST_CASES = {
+    "a function": (lambda f, m: _modules(f, [{"idx": 0, "name": "0", "path": "",
+                                              "type": "sentence_transformers.util.cos_sim"}]),
+                   "is not a sentence-transformers module class"),
+    "a loss class": (lambda f, m: _modules(f, [{"idx": 0, "name": "0", "path": "",
+                                                "type": "sentence_transformers.losses.CosineSimilarityLoss"}]),
+                     "is not a sentence-transformers module class"),
+    "an int": (lambda f, m: _modules(f, [{"idx": 0, "name": "0", "path": "", "type": 5}]), "modules.json: module 0"),
+    "not a list": (lambda f, m: _modules(f, {"type": "x"}), "expected a non-empty list"),
+    "normalize only": (lambda f, m: _modules(f, [{"idx": 0, "name": "0", "path": "",
+                                                  "type": "sentence_transformers.models.Normalize"}]),
+                       "the first module must be a transformer"),
+    "pickled dense": (_pickled_dense, "cannot load the sentence-transformers model"),
+    "max_seq_length": (lambda f, m: _edit_json(f / "sentence_bert_config.json", max_seq_length=10_000),
+                       "max_seq_length 10000"),
+    "no tensors": (lambda f, m: _no_tensors(f), "has no tensor for"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ST_CASES))
+def test_broken_sentence_transformers_folders_are_one_line(tmp_path, encoder, capsys, case):
+    change, message = ST_CASES[case]
+    folder = tmp_path / "st"
+    shutil.copytree(encoder, folder)
+    marker = tmp_path / "ran"
+    change(folder, marker)
+    _write_texts(tmp_path / "texts", splits=(("test", 6),))
+    line = _error(capsys, "analyze", _hf_spec(tmp_path, folder, dataset="text", data_root="texts"), "--out",
+                  tmp_path / "r", "--analyses", "knn", "--cache-dir", tmp_path / "c", "--no-progress")
+    assert message in line, line
+    assert not marker.exists()
