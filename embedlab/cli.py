@@ -441,6 +441,28 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+OUT_OF_MEMORY = ("out of memory: lower what you asked for (--batch-size; model options such as width, depth or "
+                 "num_classes; method options such as MultiMix n; analysis settings such as max_examples or n_bins; "
+                 "--data-opt image_size; study sizes such as --realisations or --n-train) or use a machine with "
+                 "more memory")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """torch's allocator failing (``DefaultCPUAllocator: not enough memory``, CUDA out of memory)."""
+    msg = str(e)
+    return any(m in msg for m in ("not enough memory", "DefaultCPUAllocator", "out of memory",
+                                  "can't allocate memory"))
+
+
+def _worker_message(msg: str) -> str:
+    """An embedlab error raised in a DataLoader worker comes back as ``Caught EmbedlabError in DataLoader worker
+    process 0.`` plus the worker's traceback: its own message is the last line."""
+    if "\nOriginal Traceback" not in msg:
+        return msg
+    last = msg.strip().splitlines()[-1]
+    return last.split("EmbedlabError: ", 1)[-1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
@@ -449,7 +471,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbedlabError as e:
         if args.debug:
             raise
-        sys.stderr.write(f"embedlab: error: {e}\n")
+        sys.stderr.write(f"embedlab: error: {_worker_message(str(e))}\n")
+        return 2
+    except MemoryError:  # an allocation no bound caught: the sizes asked for, not a bug
+        if args.debug:
+            raise
+        sys.stderr.write(f"embedlab: error: {OUT_OF_MEMORY}\n")
+        return 2
+    except RuntimeError as e:
+        if args.debug or not _out_of_memory(e):
+            raise
+        sys.stderr.write(f"embedlab: error: {OUT_OF_MEMORY} ({' '.join(str(e).split())[:160]})\n")
         return 2
     except OSError as e:  # the machine, not the input: disk full, permission denied, ...
         if args.debug:

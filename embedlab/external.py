@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from embedlab.config import MAX_CLASSES, parse_options
 from embedlab.errors import EmbedlabError, EmbedlabWarning
-from embedlab.io import require_regular_file, sha256_file
+from embedlab.io import check_npz_sizes, require_regular_file, sha256_file
 from embedlab.models import (
     ExternalNet,
     Geometry,
@@ -1052,14 +1052,16 @@ def read_arrays(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray | None
     Returns ``{split: {"embeddings", "labels", "logits"}}`` and the class names (or None).
     """
     p = Path(path)
+    check_npz_sizes(p, "arrays", ARRAY_KEYS)
     try:
         with np.load(p, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
+            names = list(f.files)
+            data = {k: f[k] for k in names if k in ARRAY_KEYS}  # unknown keys are never read
     except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         # TypeError: a single .npy array under an .npz name; EOFError: an empty file; BadZipFile: truncated/corrupt
         raise EmbedlabError(f"cannot read arrays {p}: {str(e) or type(e).__name__} (empty, truncated or not an "
                             f".npz file?)") from None
-    unknown = sorted(set(data) - ARRAY_KEYS)
+    unknown = sorted(set(names) - ARRAY_KEYS)
     if unknown:
         warnings.warn(EmbedlabWarning(
             f"{p}: ignored unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (embedlab reads "

@@ -366,3 +366,138 @@ def test_broken_sentence_transformers_folders_are_one_line(tmp_path, encoder, ca
                   tmp_path / "r", "--analyses", "knn", "--cache-dir", tmp_path / "c", "--no-progress")
     assert message in line, line
     assert not marker.exists()
+
+
+# ============================================================================ 2. text files
+def _sparse(path: Path, size: int) -> None:
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+
+
+TEXT_CASES = {
+    "lone surrogate": (lambda d: (d / "test.jsonl").write_text('{"text": "a \\ud800 b", "label": "pos"}\n'),
+                       "lone surrogate"),
+    "surrogate label": (lambda d: (d / "test.jsonl").write_text('{"text": "a b", "label": "\\udfff"}\n'),
+                        "lone surrogate"),
+    "5000-digit label": (lambda d: (d / "test.jsonl").write_text('{"text": "a", "label": ' + "7" * 5000 + "}\n"),
+                         "line 1"),
+    "4000-digit label": (lambda d: (d / "test.jsonl").write_text('{"text": "a", "label": ' + "7" * 4000 + "}\n"),
+                         "more than 1,000 digits"),
+    "long csv label": (lambda d: (d / "test.csv").write_text("text,label\na," + "7" * 5000 + "\n"),
+                       "5,000 characters long"),
+    "huge sparse file": (lambda d: _sparse(d / "test.jsonl", 3 << 30), "GiB"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TEXT_CASES))
+def test_broken_text_files_are_one_line(tmp_path, encoder, capsys, case):
+    change, message = TEXT_CASES[case]
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    change(texts)
+    line = _error(capsys, "analyze", _hf_spec(tmp_path, encoder, dataset="text", data_root="texts"), "--out",
+                  tmp_path / "r", "--analyses", "knn", "--cache-dir", tmp_path / "c", "--no-progress")
+    assert message in line, line
+
+
+# ============================================================================ 2. image folders
+def test_a_decompression_bomb_in_an_image_folder_is_one_line(tmp_path, capsys):
+    """A 20000×20000 PNG of a few kB was PIL's DecompressionBombError traceback: refused before it is decoded."""
+    from PIL import Image
+
+    root = _image_tree(tmp_path / "imgs")
+    Image.new("1", (20000, 20000)).save(root / "train" / "a" / "bomb.png")
+    line = _error(capsys, "train", "--dataset", "imagefolder", "--data-root", root, "--out", tmp_path / "r",
+                  "--epochs", "1", "--no-progress")
+    assert "bomb.png" in line and ("20000×20000" in line or "decompression" in line.lower()), line
+    assert not (tmp_path / "r").exists()
+
+
+def test_images_of_mixed_sizes_are_one_line_naming_image_size(tmp_path, capsys):
+    root = _image_tree(tmp_path / "imgs")
+    _images(root / "train" / "b", n=1, size=(10, 6), seed=3)  # replaces 0.png with a 10×6 image
+    line = _error(capsys, "train", "--dataset", "imagefolder", "--data-root", root, "--out", tmp_path / "r",
+                  "--epochs", "1", "--no-progress", "--set", "batch_size=4")
+    assert "0.png: an image of 10×6 pixels" in line and "image_size=N" in line, line
+    rc, err = _outcome(capsys, "train", "--dataset", "imagefolder", "--data-root", root, "--out", tmp_path / "r2",
+                       "--epochs", "1", "--no-progress", "--set", "batch_size=4", "--data-opt", "image_size=8")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("size", [0, -3, 10**6, "big"])
+def test_imagefolder_image_size_out_of_range_is_one_line(tmp_path, capsys, size):
+    root = _image_tree(tmp_path / "imgs")
+    line = _error(capsys, "train", "--dataset", "imagefolder", "--data-root", root, "--out", tmp_path / "r",
+                  "--epochs", "1", "--no-progress", "--data-opt", f"image_size={size}")
+    assert "image_size" in line, line
+
+
+def test_an_error_in_a_loader_process_is_still_one_line(tmp_path, capsys):
+    """Raised in a DataLoader worker, an embedlab error came back wrapped with the worker's traceback (val/ is
+    read only by the loader's processes: the training images are all read once for the statistics first)."""
+    root = _image_tree(tmp_path / "imgs")
+    for c in ("a", "b"):
+        _images(root / "val" / c)
+    _images(root / "val" / "b", n=1, size=(10, 6), seed=3)
+    line = _error(capsys, "train", "--dataset", "imagefolder", "--data-root", root, "--out", tmp_path / "r",
+                  "--epochs", "1", "--no-progress", "--set", "batch_size=4", "--workers", "1")
+    assert line.startswith("embedlab: error: ") and "0.png: an image of 10×6 pixels" in line, line
+
+
+# ============================================================================ 2. resource exhaustion
+def _npz_with_header(path: Path, shape: tuple, extra: dict | None = None) -> None:
+    """An .npz whose ``embeddings`` member has an .npy header claiming ``shape`` (float32) but no data."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("embeddings.npy", header.getvalue())
+        for k, v in (extra or {}).items():
+            buf = io.BytesIO()
+            np.save(buf, v)
+            z.writestr(f"{k}.npy", buf.getvalue())
+
+
+def test_an_npz_header_asking_for_149_gb_is_refused_before_allocation(tmp_path):
+    """A few hundred bytes whose header says (10**8, 400) float32 = 149 GB: one line in a real process under an
+    8 GiB address-space limit (numpy would otherwise try to allocate it: MemoryError traceback)."""
+    import resource
+
+    _npz_with_header(tmp_path / "bomb.npz", (10**8, 400), {"labels": np.zeros(10**8 // 10**6, dtype=np.int64)})
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    proc = subprocess.run([sys.executable, "-m", "embedlab", "analyze", str(tmp_path / "bomb.npz"), "--out",
+                           str(tmp_path / "r"), "--analyses", "knn"], capture_output=True, text=True, timeout=120,
+                          preexec_fn=limit, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    line = _one_line(proc)
+    assert "claims shape (100000000, 400)" in line and "149.0 GiB" in line, line
+
+
+def test_report_arrays_with_a_lying_header_are_refused_before_allocation(tmp_path, capsys):
+    from embedlab.reports.load import _load_arrays
+
+    _npz_with_header(tmp_path / "arrays.npz", (10**8, 400), {"labels": np.zeros(4, dtype=np.int64)})
+    with pytest.raises(EmbedlabError, match=r"array 'embeddings' claims shape \(100000000, 400\)"):
+        _load_arrays(tmp_path / "arrays.npz")
+
+
+def test_allocator_failures_anywhere_are_one_line_naming_what_to_lower(tmp_path, capsys, monkeypatch):
+    """The generic guard: a MemoryError, or torch's allocator RuntimeError, that no bound caught first."""
+    import embedlab.api as api
+
+    for exc in (MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not "
+                                            "enough memory: you tried to allocate 1099511627776 bytes.")):
+        def boom(*a, exc=exc, **k):
+            raise exc
+
+        monkeypatch.setattr(api, "train", boom)
+        line = _error(capsys, "train", "--epochs", "1", "--out", tmp_path / "r")
+        assert line.startswith("embedlab: error: out of memory: lower what you asked for (--batch-size") and \
+            "width" in line, line
+    monkeypatch.setattr(api, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a real bug")))
+    with pytest.raises(RuntimeError, match="a real bug"):  # other RuntimeErrors are bugs: still a traceback
+        main(["train", "--epochs", "1", "--out", str(tmp_path / "r")])
