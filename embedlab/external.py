@@ -286,7 +286,15 @@ class ExportedNet(_UserNet):
             raise EmbedlabError(f"the exported program cannot run on inputs of shape {tuple(x.shape)}: {msg} (export "
                                 f"it with a dynamic batch dimension, dynamic_shapes={{'x': {{0: Dim('batch')}}}}, and "
                                 f"the dataset's image size, or set preprocess.size)") from None
+        if isinstance(out, dict):
+            raise EmbedlabError(f"the exported program returns a dict (keys {', '.join(map(str, out))[:200]}); "
+                                f"embedlab reads its logits as a tensor, or as the first of a tuple of tensors: "
+                                f"export a wrapper returning out['logits'] (and the embedding as a second output)")
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        if not outs or not all(isinstance(o, Tensor) for o in outs):
+            raise EmbedlabError(f"the exported program returns {type(out).__name__} of "
+                                f"{', '.join(type(o).__name__ for o in outs) or 'nothing'}; embedlab reads a tensor "
+                                f"of logits, or a flat tuple of tensors whose first is the logits")
         logits = outs[0]
         if self.output is None:
             z = self.tap.value
@@ -1014,20 +1022,36 @@ def build_text_encoder(spec: ModelSpec, base_dir: Path) -> tuple[SentenceEncoder
     return load_sentence_encoder(weights, spec.embedding), h.hexdigest()
 
 
+# factory_kwargs embedlab sets itself for torchvision / timm: given again they were "multiple values" TypeErrors
+RESERVED_KWARGS = {"torchvision": ("num_classes", "weights", "pretrained", "progress"),
+                   "timm": ("num_classes", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                            "checkpoint_path", "model_name")}
+
+
 def _instantiate(spec: ModelSpec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    if spec.kind in RESERVED_KWARGS:
+        given = sorted(set(spec.factory_kwargs) & set(RESERVED_KWARGS[spec.kind]))
+        if given:
+            raise EmbedlabError(f"factory_kwargs {', '.join(given)}: embedlab sets {'this' if len(given) == 1 else 'these'} "
+                                f"itself (the class count from \"num_classes\" or the dataset, the weights from "
+                                f"\"weights\"; nothing is downloaded): remove {'it' if len(given) == 1 else 'them'}")
     if spec.kind == "torchvision":
         import torchvision
 
-        try:
+        if spec.arch not in torchvision.models.list_models():
+            raise EmbedlabError(f"unknown torchvision model {spec.arch!r} (torchvision.models.list_models() names "
+                                f"them)")
+        with _constructor_errors(spec):
             return torchvision.models.get_model(spec.arch, weights=None, num_classes=num_classes, **spec.factory_kwargs)
-        except ValueError as e:
-            raise EmbedlabError(f"unknown torchvision model {spec.arch!r} ({e})") from None
     if spec.kind == "timm":
         try:
             import timm
         except ImportError:
             raise EmbedlabError("kind 'timm' needs timm: pip install timm") from None
-        return timm.create_model(spec.arch, pretrained=False, num_classes=num_classes, **spec.factory_kwargs)
+        if not timm.is_model(spec.arch):
+            raise EmbedlabError(f"unknown timm model {spec.arch!r} (timm.list_models() names them)")
+        with _constructor_errors(spec):
+            return timm.create_model(spec.arch, pretrained=False, num_classes=num_classes, **spec.factory_kwargs)
     module_name, _, fn_name = str(spec.arch).partition(":")
     if not fn_name:
         raise EmbedlabError(f"factory arch must be 'package.module:function', got {spec.arch!r}")
@@ -1039,6 +1063,19 @@ def _instantiate(spec: ModelSpec, num_classes: int, input_shape: tuple[int, ...]
     if not isinstance(net, nn.Module):
         raise EmbedlabError(f"factory {spec.arch!r} returned {type(net).__name__}, not an nn.Module")
     return net
+
+
+@contextlib.contextmanager
+def _constructor_errors(spec: ModelSpec):
+    """A torchvision / timm constructor failing on the spec's factory_kwargs (unknown or mistyped): one line."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and _out_of_memory(e):
+            raise
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        raise EmbedlabError(f"cannot build {spec.kind} model {spec.arch!r} with factory_kwargs "
+                            f"{json.dumps(spec.factory_kwargs, default=str)[:200]}: {msg}") from None
 
 
 ARRAY_KEYS = frozenset({"embeddings", "labels", "logits", "classes"} | {

@@ -501,3 +501,49 @@ def test_allocator_failures_anywhere_are_one_line_naming_what_to_lower(tmp_path,
     monkeypatch.setattr(api, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a real bug")))
     with pytest.raises(RuntimeError, match="a real bug"):  # other RuntimeErrors are bugs: still a traceback
         main(["train", "--epochs", "1", "--out", str(tmp_path / "r")])
+
+
+# ============================================================================ 2. exported programs, torchvision/timm
+class _Returns(torch.nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.fc = kind, torch.nn.Linear(3, 10)
+
+    def forward(self, x):
+        logits = self.fc(x.mean((2, 3)))
+        if self.kind == "dict":
+            return {"logits": logits}
+        return ((logits, logits),)
+
+
+@pytest.mark.parametrize("kind, message", [("dict", "returns a dict (keys logits)"),
+                                           ("nested", "returns tuple of tuple")])
+def test_exported_programs_returning_a_dict_or_tuple_are_one_line(tmp_path, capsys, kind, message):
+    x = torch.rand(2, 3, 8, 8)
+    program = torch.export.export(_Returns(kind).eval(), (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    (tmp_path / "e.json").write_text(json.dumps({"name": "e", "kind": "export", "weights": "m.pt2",
+                                                 "dataset": "digits", "embedding": "output:1"}))
+    line = _error(capsys, "analyze", tmp_path / "e.json", "--trust-code", "--out", tmp_path / "r", "--analyses",
+                  "accuracy", "--cache-dir", tmp_path / "c", "--no-progress", "--device", "cpu")
+    assert message in line, line
+
+
+@pytest.mark.parametrize("kind, arch, kwargs, message", [
+    ("torchvision", "resnet18", {"num_classes": 10}, "factory_kwargs num_classes: embedlab sets this itself"),
+    ("torchvision", "resnet18", {"weights": "IMAGENET1K_V1"}, "factory_kwargs weights"),
+    ("torchvision", "resnet18", {"pretrained": True}, "factory_kwargs pretrained"),
+    ("torchvision", "resnet18", {"no_such_option": 1}, "cannot build torchvision model 'resnet18'"),
+    ("torchvision", "resnet9999", {}, "unknown torchvision model 'resnet9999'"),
+    ("timm", "resnet18", {"pretrained": True}, "factory_kwargs pretrained"),
+    ("timm", "no_such_net", {}, "unknown timm model 'no_such_net'"),
+    ("timm", "resnet18", {"no_such_option": 1}, "cannot build timm model 'resnet18'"),
+])
+def test_torchvision_and_timm_specs_with_bad_kwargs_are_one_line(tmp_path, capsys, kind, arch, kwargs, message):
+    if kind == "timm":
+        pytest.importorskip("timm")
+    (tmp_path / "s.json").write_text(json.dumps({"name": "s", "kind": kind, "arch": arch, "dataset": "digits",
+                                                 "factory_kwargs": kwargs}))
+    line = _error(capsys, "analyze", tmp_path / "s.json", "--out", tmp_path / "r", "--analyses", "accuracy",
+                  "--cache-dir", tmp_path / "c", "--no-progress", "--device", "cpu")
+    assert message in line, line
