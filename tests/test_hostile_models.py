@@ -547,3 +547,77 @@ def test_torchvision_and_timm_specs_with_bad_kwargs_are_one_line(tmp_path, capsy
     line = _error(capsys, "analyze", tmp_path / "s.json", "--out", tmp_path / "r", "--analyses", "accuracy",
                   "--cache-dir", tmp_path / "c", "--no-progress", "--device", "cpu")
     assert message in line, line
+
+
+# ============================================================================ 2. and 4. the Python API
+def _arrays(n: int = 40, d: int = 4):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, d)).astype(np.float32), np.arange(n) % 2
+
+
+def test_evaluate_reads_tensors_of_any_float_dtype_and_sparse_arrays(tmp_path):
+    import embedlab
+
+    z, y = _arrays()
+    expected = embedlab.evaluate(embeddings=z, labels=y, analyses="knn,align_uniform").metrics
+    for given in (torch.from_numpy(z).to(torch.bfloat16), torch.from_numpy(z).half(), torch.from_numpy(z).to_sparse()):
+        got = embedlab.evaluate(embeddings=given, labels=torch.from_numpy(y), analyses="knn,align_uniform").metrics
+        tol = 0 if given.dtype == torch.float32 else 0.05
+        assert set(got) == set(expected) and all(abs(got[k] - expected[k]) <= tol for k in got), (given.dtype, got)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"embeddings": torch.zeros(40, 4, device="meta")}, "meta device holds no values"),
+    ({"embeddings": [[0.0, 1.0], [1.0]]}, "not a rectangular array"),
+    ({"embeddings": np.array([[0.0, None]] * 40, dtype=object)}, "Python objects"),
+    ({"settings": 5}, "settings must be {analysis: {key: value}}"),
+    ({"settings": {"knn": 5}}, "settings must be"),
+    ({"analyses": 5}, "analyses must be 'all'"),
+    ({"source": 5, "embeddings": None, "labels": None}, "source must be a path"),
+])
+def test_evaluate_given_odd_arguments_says_what_is_wrong(kwargs, message):
+    import embedlab
+
+    z, y = _arrays()
+    args = {"embeddings": z, "labels": y, "analyses": "knn", **kwargs}
+    with pytest.raises(EmbedlabError, match=message.replace("{", "\\{").replace("}", "\\}")):
+        embedlab.evaluate(**args)
+
+
+class _TupleNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)), x
+
+
+def test_evaluate_of_a_module_returning_a_tuple_or_on_meta_is_one_line():
+    import embedlab
+
+    with pytest.raises(EmbedlabError, match="returns tuple, not a tensor of logits"):
+        embedlab.evaluate(_TupleNet(), dataset="digits", analyses="accuracy")
+    with torch.device("meta"):
+        meta = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(EmbedlabError, match="meta device"):
+        embedlab.evaluate(meta, dataset="digits", analyses="accuracy")
+
+
+def test_evaluate_leaves_the_callers_module_as_it_was():
+    """evaluate(module) analyses it in eval mode on the device asked for: afterwards every submodule has its
+    training flag back (and its device: checked on CPU where no GPU is, the mode alone)."""
+    import embedlab
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.Dropout(0.5),
+                              torch.nn.Linear(32, 10))
+    net.train()
+    net[2].eval()  # a mixed state, kept as it is
+    before = [m.training for m in net.modules()]
+    embedlab.evaluate(net, dataset="digits", analyses="accuracy,robustness", settings={
+        "robustness": {"max_examples": 8}}, device="cpu")
+    assert [m.training for m in net.modules()] == before
+    if torch.cuda.is_available():
+        embedlab.evaluate(net, dataset="digits", analyses="accuracy", device="cuda")
+        assert all(p.device.type == "cpu" for p in net.parameters())
