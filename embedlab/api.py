@@ -331,6 +331,8 @@ def evaluate(source: Any = None, *, out: str | os.PathLike[str] | None = None,
     temporary = out is None
     if not temporary:
         check_writable(out)
+    if cache_dir is not None:  # a file there: named as given, not as the cache's hidden .KEY.partial-PID folder
+        check_writable(cache_dir)
     root = Path(tempfile.mkdtemp(prefix="embedlab-results-")) if temporary else Path(out)
     try:
         with tempfile.TemporaryDirectory(prefix="embedlab-arrays-") as tmp:

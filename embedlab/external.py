@@ -197,6 +197,20 @@ class _UserNet(nn.Module):
             self.no_head_reason = f"{reason}: {why}"
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Nothing below ERROR from the ``logging`` logger ``name`` (and its children) while inside."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _frozen_linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     """An ``nn.Linear`` holding a copy of ``weight`` (C, d) and ``bias`` (C,), without gradients."""
     head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
@@ -233,7 +247,7 @@ class ExportedNet(_UserNet):
     @classmethod
     def load(cls, path: Path, embedding: str | None, input_shape, mean, std, resize) -> "ExportedNet":
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_logger("torch.export"):  # it logs its own 12-line traceback
                 warnings.simplefilter("ignore")
                 program = torch.export.load(str(path))
         except Exception as e:  # noqa: BLE001 - any failure to read the archive is the file's fault

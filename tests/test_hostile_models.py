@@ -621,3 +621,23 @@ def test_evaluate_leaves_the_callers_module_as_it_was():
     if torch.cuda.is_available():
         embedlab.evaluate(net, dataset="digits", analyses="accuracy", device="cuda")
         assert all(p.device.type == "cpu" for p in net.parameters())
+
+
+# ============================================================================ 4. noise and names
+def test_a_failing_pt2_load_is_one_line_without_torchs_logged_traceback(tmp_path):
+    (tmp_path / "bad.pt2").write_bytes(b"not a zip")
+    (tmp_path / "e.json").write_text(json.dumps({"name": "e", "kind": "export", "weights": "bad.pt2",
+                                                 "dataset": "digits"}))
+    proc = _cli("analyze", "e.json", "--trust-code", "--out", "r", "--no-progress", cwd=tmp_path)
+    assert "cannot load exported program bad.pt2" in _one_line(proc)
+
+
+def test_a_cache_dir_that_is_a_file_is_named_as_given(tmp_path, capsys):
+    """The error named the cache's hidden ``.KEY.partial-PID`` folder inside it, not the path the user gave."""
+    from tests.test_hostile_input import _checkpoint
+
+    ckpt = _checkpoint(tmp_path / "m.safetensors")
+    (tmp_path / "cachefile").write_text("x")
+    line = _error(capsys, "analyze", ckpt, "--out", tmp_path / "r", "--analyses", "knn", "--cache-dir",
+                  tmp_path / "cachefile", "--no-progress", "--device", "cpu")
+    assert line == f"embedlab: error: {tmp_path / 'cachefile'}: Not a directory", line
