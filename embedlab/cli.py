@@ -42,6 +42,33 @@ _positive_float = _number(float, 0.0, True, "a positive number")
 _nonneg_float = _number(float, 0.0, False, "a number >= 0")
 
 
+def _int_in(lo: int, hi: int, why: str = "") -> Callable[[str], int]:
+    """argparse type: an integer in ``lo .. hi`` (``why``: what the bound protects)."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo} and <= {hi:,}, got {s!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo} and <= {hi:,}{why}, got {s!r}")
+        return v
+
+    return parse
+
+
+def _class_counts(s: str) -> tuple[int, ...]:
+    """toy-depth's --ks: comma-separated class counts 2 .. 64."""
+    parse = _int_in(2, 64)
+    try:
+        ks = tuple(parse(p) for p in s.split(",") if p.strip())
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"class counts: {e}") from None
+    if not ks:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class counts >= 2 and <= 64, got {s!r}")
+    return ks
+
+
 def _seed(s: str) -> int:
     """argparse type: a seed, an integer 0 .. 2**63 - 1 (torch takes a signed 64-bit seed)."""
     v = _nonneg_int(s)
@@ -132,7 +159,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_study(a: argparse.Namespace) -> int:
     out = Path(a.out)
     if a.study == "toy-depth":
-        ks = tuple(int(k) for k in a.ks.split(","))
+        ks = a.ks
         res = api.study("toy-depth", out, realisations_per_k=a.realisations, ks=ks, epochs=a.epochs or 20,
                         seed=a.seed, progress=not a.no_progress, threads=a.threads, precision=a.precision,
                         optimizer=a.optimizer, lr=a.lr, n_train=a.n_train, mean_range=a.mean_range)
@@ -362,8 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("study", choices=("benchmark", "toy-depth", "confmix"))
     st.add_argument("--out", required=True, help="output directory")
     st.add_argument("--seed", type=_seed, default=0, help="toy-depth: seed of the datasets and models")
-    st.add_argument("--realisations", type=_positive_int, default=100, help="toy-depth: datasets per K")
-    st.add_argument("--ks", default="2,3,4,5", help="toy-depth: class counts K")
+    st.add_argument("--realisations", type=_int_in(1, 10_000, " (datasets per K, vectorised in memory)"),
+                    default=100, help="toy-depth: datasets per K (at most 10,000)")
+    st.add_argument("--ks", type=_class_counts, default=(2, 3, 4, 5),
+                    help="toy-depth: class counts K, comma-separated, each 2 .. 64")
     st.add_argument("--threads", type=_positive_int, default=None, help="toy-depth: torch CPU threads")
     st.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                     help="toy-depth: precision of the hidden-to-hidden layers (float32 master weights and Adam either "
@@ -375,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="toy-depth: optimiser of every MLP: adam (betas 0.9, 0.999, eps 1e-8) or sgd (momentum 0.9, "
                          "no weight decay) [adam]")
     st.add_argument("--lr", type=_positive_float, default=1e-3, help="toy-depth: learning rate [0.001]")
-    st.add_argument("--n-train", type=_number(int, 50, False, "an integer >= 50 (one batch of 50)"), default=1000,
+    st.add_argument("--n-train", type=_int_in(50, 1_000_000, " (at least one batch of 50; vectorised in memory)"),
+                    default=1000,
                     help="toy-depth: training points per dataset, at least one batch of 50 [1000]")
     st.add_argument("--mean-range", type=_positive_float, default=1.0,
                     help="toy-depth: component means ~ U([-a, a]^2) for a = this value, with sigma ~ U(0.05, 0.5) "

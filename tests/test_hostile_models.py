@@ -641,3 +641,25 @@ def test_a_cache_dir_that_is_a_file_is_named_as_given(tmp_path, capsys):
     line = _error(capsys, "analyze", ckpt, "--out", tmp_path / "r", "--analyses", "knn", "--cache-dir",
                   tmp_path / "cachefile", "--no-progress", "--device", "cpu")
     assert line == f"embedlab: error: {tmp_path / 'cachefile'}: Not a directory", line
+
+
+# ============================================================================ 2. sizes bounded before allocation
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--model", "cnn-gap", "--model-opt", "width=100000"], "lower its width or depth options"),
+    (["train", "--model", "mlp", "--model-opt", "hidden=1000000,1000000"], "lower its width or depth options"),
+    (["train", "--method", "multimix", "--method-opt", "n=1000000000"], "option n: at most 100,000"),
+    (["analyze", "ARRAYS", "--analyses", "calibration", "--opt", "calibration.n_bins=1000000000"], "n_bins"),
+    (["study", "toy-depth", "--realisations", "100000000"], "--realisations"),
+    (["study", "toy-depth", "--n-train", "10000000000"], "--n-train"),
+    (["study", "toy-depth", "--ks", "2,a"], "--ks"),
+    (["study", "toy-depth", "--ks", "2,100000"], "--ks"),
+])
+def test_sizes_are_bounded_before_anything_is_allocated(tmp_path, capsys, argv, message):
+    """A real process under an 8 GiB address-space limit would be killed or fail in the allocator: each of these
+    is refused by its option's range before the work starts."""
+    z, y = _arrays()
+    np.savez(tmp_path / "a.npz", embeddings=z, labels=y, logits=np.random.default_rng(0).normal(size=(40, 2)))
+    argv = [str(tmp_path / "a.npz") if a == "ARRAYS" else a for a in argv]
+    line = _error(capsys, *argv, "--out", tmp_path / "o", *(["--no-progress"] if argv[0] != "study" else []))
+    assert message in line, line
+    assert not (tmp_path / "o").exists() or argv[0] == "analyze"

@@ -31,6 +31,7 @@ from embedlab.sampling import dirichlet, gamma
 
 
 # -------------------------------------------------------------------------------------------------- multimix
+MAX_MIXED = 100_000  # MultiMix n: each batch holds n × b interpolation weights and n mixed embeddings
 @dataclass
 class MultiMixOptions(AlphaOptions):
     alpha: float = 1.0
@@ -44,6 +45,9 @@ class MultiMixOptions(AlphaOptions):
     def validate(self, where: str) -> None:
         super().validate(where)
         check_positive(where, n=self.n, fallback_alpha=self.fallback_alpha)
+        if self.n > MAX_MIXED:
+            raise EmbedlabError(f"{where} option n: at most {MAX_MIXED:,} mixed examples per batch (the paper uses "
+                                f"1000), got {self.n:,}")
         check_probability(where, p=self.p)
         if self.m is not None and self.m < 1:
             raise EmbedlabError(f"{where} option m: must be >= 1 (or none for m = b), got {self.m}")
