@@ -390,7 +390,11 @@ def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any], bool]:
     with _hf_errors(f"cannot read {folder / 'config.json'}"):
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     _check_hf_config(config, folder)
-    archs = list(getattr(config, "architectures", None) or [])
+    archs = getattr(config, "architectures", None) or []
+    if not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
+        raise EmbedlabError(f"{folder / 'config.json'}: architectures must be a list of class names such as "
+                            f"[\"ViTForImageClassification\"], got {archs!r:.100}")
+    archs = list(archs)
     classifier = any(isinstance(a, str) and a.endswith("ForImageClassification") for a in archs)
     named = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
     if classifier or not archs:
@@ -999,6 +1003,13 @@ def refuse_custom_code(folder: Path) -> None:
             raise EmbedlabError(f"{f}: not a JSON file ({str(e).splitlines()[0][:200]})") from None
         except RecursionError:
             raise EmbedlabError(f"{f}: JSON nested too deeply") from None
+        if isinstance(data, dict):  # a class count transformers would build label tables for while reading it
+            for key in ("num_labels", "id2label", "label2id"):
+                n = data.get(key)
+                n = len(n) if isinstance(n, (dict, list)) else n
+                if isinstance(n, int) and not isinstance(n, bool) and n > MAX_CLASSES:
+                    raise EmbedlabError(f"{f}: {key} asks for {n:,} classes; embedlab reads at most "
+                                        f"{MAX_CLASSES:,}")
         hook = _code_hook(data)
         if hook is not None:
             raise EmbedlabError(f"{f}: {hook!r} asks to run Python code from the model folder; embedlab never runs "

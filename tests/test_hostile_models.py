@@ -82,8 +82,7 @@ def _edit_json(path: Path, **changes) -> None:
 _PAYLOAD = "open({marker!r}, 'w').write('ran')\nclass Evil:\n    pass\n"
 
 
-@pytest.mark.slow  # three real processes importing transformers, about 8 s each
-@pytest.mark.parametrize("config, hook", [
+@pytest.mark.parametrize("config, hook", [  # real processes importing transformers, about 6 s each
     ("config.json", {"AutoConfig": "evil.Evil", "AutoModelForImageClassification": "evil.Evil"}),
     ("preprocessor_config.json", {"AutoImageProcessor": "evil.Evil"}),
     ("tokenizer_config.json", {"AutoTokenizer": ["evil.Evil", None]}),
@@ -279,6 +278,8 @@ HF_CASES = {
                                                                                "load_in_8bit": True}),
                   "quantiz"),
     "unknown model type": (lambda f: _edit_json(f / "config.json", model_type="no-such-model"), "cannot read"),
+    "10**7 labels": (lambda f: _edit_json(f / "config.json", num_labels=10**7), "num_labels asks for 10,000,000"),
+    "architectures int": (lambda f: _edit_json(f / "config.json", architectures=1), "architectures must be a list"),
 }
 
 
@@ -663,3 +664,158 @@ def test_sizes_are_bounded_before_anything_is_allocated(tmp_path, capsys, argv, 
     line = _error(capsys, *argv, "--out", tmp_path / "o", *(["--no-progress"] if argv[0] != "study" else []))
     assert message in line, line
     assert not (tmp_path / "o").exists() or argv[0] == "analyze"
+
+
+# ============================================================================ 5. fuzz: success or one line, status 2
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _success_or_one_line(capsys, *argv) -> None:
+    rc, err = _outcome(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert rc == 0 or (rc == 2 and len(lines) == 1 and lines[0].startswith("embedlab: error: ")), (rc, err)
+    assert "out of memory" not in err, err  # sizes from files are bounded before anything is allocated
+
+
+_json_values = st.one_of(st.none(), st.booleans(), st.integers(-2, 10**7), st.sampled_from([2**40, 0.5, -1e300]),
+                         st.text(max_size=6), st.lists(st.one_of(st.integers(-1, 40), st.text(max_size=3)),
+                                                       max_size=3),
+                         st.dictionaries(st.sampled_from(["height", "width", "shortest_edge", "x"]),
+                                         st.one_of(st.integers(-1, 10**6), st.text(max_size=3)), max_size=2))
+_FUZZ = settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture
+def memory_limited():
+    """The address space of this process limited to what it maps now plus 6 GiB while a fuzz test runs: a
+    generated input that allocates without bound then ends in the generic out-of-memory line, which the fuzz
+    tests do not accept (every size is bounded before allocation), instead of waking the OOM killer."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as fh:
+        mapped = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = mapped + (6 << 30)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@_FUZZ
+@given(key=st.sampled_from(["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                            "image_size", "patch_size", "num_channels", "num_labels", "architectures", "model_type",
+                            "dtype", "layer_norm_eps", "hidden_act", "id2label", "qkv_bias"]),
+       value=_json_values)
+def test_fuzz_generated_hugging_face_configs(tmp_path_factory, vit, capsys, memory_limited, key, value):
+    root = tmp_path_factory.mktemp("fuzz")
+    shutil.copytree(vit, root / "m")
+    _edit_json(root / "m" / "config.json", **{key: value})
+    _success_or_one_line(capsys, "analyze", _hf_spec(root, root / "m"), "--out", root / "r", "--analyses",
+                         "accuracy", "--cache-dir", root / "c", "--no-progress", "--device", "cpu")
+
+
+@_FUZZ
+@given(key=st.sampled_from(["size", "crop_size", "do_resize", "do_center_crop", "do_normalize", "image_mean",
+                            "image_std", "resample", "image_processor_type", "rescale_factor"]),
+       value=_json_values)
+def test_fuzz_generated_image_processor_configs(tmp_path_factory, vit, capsys, memory_limited, key, value):
+    root = tmp_path_factory.mktemp("fuzz")
+    shutil.copytree(vit, root / "m")
+    _edit_json(root / "m" / "preprocessor_config.json", **{key: value})
+    _success_or_one_line(capsys, "analyze", _hf_spec(root, root / "m"), "--out", root / "r", "--analyses",
+                         "accuracy", "--cache-dir", root / "c", "--no-progress", "--device", "cpu")
+
+
+_MODULE_TYPES = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+                 "sentence_transformers.models.Normalize", "sentence_transformers.models.Dense",
+                 "sentence_transformers.util.cos_sim", "sentence_transformers.losses.MSELoss", "os.system",
+                 "sentence_transformers.nope.Nope", "", "builtins.int"]
+
+
+@_FUZZ
+@given(entries=st.one_of(
+    _json_values,
+    st.lists(st.fixed_dictionaries({"idx": st.integers(0, 2), "name": st.sampled_from(["0", "1"]),
+                                    "path": st.sampled_from(["", "1_Pooling", "../..", "/tmp", "nope"]),
+                                    "type": st.one_of(st.sampled_from(_MODULE_TYPES), _json_values)}),
+             max_size=3)))
+def test_fuzz_generated_modules_json(tmp_path_factory, encoder, capsys, memory_limited, entries):
+    root = tmp_path_factory.mktemp("fuzz")
+    shutil.copytree(encoder, root / "st")
+    _modules(root / "st", entries)
+    _write_texts(root / "texts", splits=(("test", 6),))
+    _success_or_one_line(capsys, "analyze", _hf_spec(root, root / "st", dataset="text", data_root="texts"),
+                         "--out", root / "r", "--analyses", "knn", "--cache-dir", root / "c", "--no-progress")
+
+
+_row = st.one_of(
+    st.fixed_dictionaries({"text": st.one_of(st.text(max_size=8), _json_values),
+                           "label": st.one_of(st.sampled_from(["pos", "neg", "", "\ud800"]), _json_values)}),
+    _json_values)
+
+
+@_FUZZ
+@given(rows=st.lists(_row, max_size=8), suffix=st.sampled_from([".jsonl", ".csv", ".tsv"]),
+       junk=st.one_of(st.none(), st.binary(max_size=20), st.sampled_from(["\ud800", "{" * 5000, "7" * 5000])))
+def test_fuzz_generated_text_files(tmp_path_factory, encoder, capsys, memory_limited, rows, suffix, junk):
+    root = tmp_path_factory.mktemp("fuzz")
+    texts = root / "texts"
+    texts.mkdir()
+    if suffix == ".jsonl":
+        body = "".join(json.dumps(r) + "\n" for r in rows)
+    else:
+        sep = "," if suffix == ".csv" else "\t"
+        body = f"text{sep}label\n" + "".join(
+            f"{r.get('text')}{sep}{r.get('label')}\n" if isinstance(r, dict) else f"{r}\n" for r in rows)
+    data = body.encode("utf-8", "surrogatepass")
+    if junk is not None:
+        data += junk if isinstance(junk, bytes) else junk.encode("utf-8", "surrogatepass")
+    (texts / f"test{suffix}").write_bytes(data)
+    _success_or_one_line(capsys, "analyze", _hf_spec(root, encoder, dataset="text", data_root="texts"), "--out",
+                         root / "r", "--analyses", "knn", "--cache-dir", root / "c", "--no-progress")
+
+
+@_FUZZ
+@given(classes=st.integers(0, 3), per_class=st.integers(0, 3), sizes=st.lists(st.integers(1, 24), min_size=1,
+                                                                              max_size=3),
+       extra=st.sampled_from(["none", "empty png", "truncated png", "text as png", "loop", "fifo", "deep"]),
+       image_size=st.sampled_from([None, 0, 8, 5000]))
+def test_fuzz_generated_image_folders(tmp_path_factory, capsys, memory_limited, classes, per_class, sizes, extra,
+                                      image_size):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("fuzz") / "imgs"
+    rng = np.random.default_rng(classes * 16 + per_class)
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        for c in range(classes):
+            (root / split / f"c{c}").mkdir()
+            for i in range(per_class):
+                s = sizes[(c + i) % len(sizes)]
+                Image.fromarray(rng.integers(0, 255, (s, s, 3), dtype=np.uint8)).save(root / split / f"c{c}" / f"{i}.png")
+    target = root / "train" / "c0"
+    if classes and extra != "none":
+        if extra == "empty png":
+            (target / "e.png").write_bytes(b"")
+        elif extra == "truncated png":
+            good = next(target.glob("*.png"), None)
+            (target / "t.png").write_bytes(good.read_bytes()[:40] if good else b"\x89PNG")
+        elif extra == "text as png":
+            (target / "x.png").write_text("not an image")
+        elif extra == "loop":
+            (target / "x").symlink_to(".")
+            (target / "y").symlink_to(".")
+        elif extra == "fifo":
+            os.mkfifo(target / "p.png")
+        else:
+            deep = target
+            for _ in range(30):
+                deep = deep / "d"
+            deep.mkdir(parents=True)
+    opts = ["--data-opt", f"image_size={image_size}"] if image_size is not None else []
+    _success_or_one_line(capsys, "train", "--dataset", "imagefolder", "--data-root", root, *opts, "--out",
+                         root.parent / "r", "--epochs", "1", "--set", "batch_size=2", "--no-progress",
+                         "--device", "cpu")
