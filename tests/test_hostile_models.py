@@ -280,6 +280,8 @@ HF_CASES = {
     "unknown model type": (lambda f: _edit_json(f / "config.json", model_type="no-such-model"), "cannot read"),
     "10**7 labels": (lambda f: _edit_json(f / "config.json", num_labels=10**7), "num_labels asks for 10,000,000"),
     "architectures int": (lambda f: _edit_json(f / "config.json", architectures=1), "architectures must be a list"),
+    "flash attention": (lambda f: _edit_json(f / "config.json", attn_implementation="flash_attention_2"),
+                        "embedlab runs eager or sdpa attention"),
 }
 
 
