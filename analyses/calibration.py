@@ -11,7 +11,7 @@ import torch
 from typing import Annotated
 
 from embedlab.analyses.registry import Inputs, Output, metric, register_analysis
-from embedlab.config import AT_LEAST_1, POSITIVE
+from embedlab.config import POSITIVE, Bound
 from embedlab.metrics.calibration import (
     DEFAULT_BINS,
     T_MAX,
@@ -38,7 +38,7 @@ _SETTINGS = {
                                "reliability data on test, before and after temperature scaling fitted by NLL on val",
                    needs=("test", "logits"), optional=("val",), title="Calibration", note=NOTE,
                    min_classes=2)
-def calibration(inp: Inputs, n_bins: Annotated[int, AT_LEAST_1] = DEFAULT_BINS,
+def calibration(inp: Inputs, n_bins: Annotated[int, Bound(lo=1, hi=100_000)] = DEFAULT_BINS,
                 t_min: Annotated[float, POSITIVE] = T_MIN, t_max: Annotated[float, POSITIVE] = T_MAX) -> Output:
     logits, labels = inp.t("test", "logits"), inp.t("test", "labels")
     metrics = {}

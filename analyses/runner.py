@@ -26,7 +26,7 @@ from embedlab.checkpoint import check_meta, load_model, resolve_checkpoint, utc_
 from embedlab.config import MAX_CLASSES, check_option_types
 from embedlab.data import DataSource, create_dataset, without_label_noise
 from embedlab.errors import EmbedlabError
-from embedlab.io import atomic_write, atomic_write_json, exclusive, sha256_file, with_digest
+from embedlab.io import atomic_write, atomic_write_json, exclusive, require_regular_file, sha256_file, with_digest
 from embedlab.store import Extracted, cached_extract, precision
 
 SCHEMA_VERSION = 2  # docs/RESULTS_FORMAT.md
@@ -196,6 +196,9 @@ def open_source(path: str | Path, device: str = "cpu", data_root: str | None = N
     """Dispatch on what ``path`` is: a model spec (.json), precomputed arrays (.npz), or an embedlab checkpoint.
     ``trust_code``: allow model specs that run code (kinds ``factory`` and ``torchscript``)."""
     p = Path(path)
+    if p.exists() and not p.is_dir():  # a FIFO or device would block the first read: refused before it
+        require_regular_file(p, "model spec" if p.suffix == ".json" else "arrays file" if p.suffix == ".npz"
+                             else "checkpoint")
     if p.suffix == ".json" and p.is_file():
         return open_spec(p, device, data_root, trust_code)
     if p.suffix == ".npz":

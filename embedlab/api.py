@@ -11,6 +11,7 @@ module; it imports them lazily, so ``import embedlab`` stays as cheap as ``impor
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -225,6 +226,9 @@ def check_seeds(seeds: Sequence[int], text: str | None = None) -> tuple[int, ...
     seeds = tuple(seeds)
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise EmbedlabError(f"--seeds: expected distinct integers >= 0, got {text or ','.join(map(str, seeds))!r}")
+    if max(seeds) > 2**63 - 1:
+        raise EmbedlabError(f"--seeds: a seed must be <= 2**63 - 1 (torch takes a signed 64-bit seed), got "
+                            f"{max(seeds)}")
     return seeds
 
 
@@ -314,6 +318,10 @@ def evaluate(source: Any = None, *, out: str | os.PathLike[str] | None = None,
         raise EmbedlabError(f"classes= must be a list of class names, e.g. [\"cat\", \"dog\"], not the string "
                             f"{classes!r:.60} (it would be one class per character)")
     chosen = _chosen_analyses(analyses)
+    if settings is not None and (not isinstance(settings, Mapping)
+                                 or not all(isinstance(v, Mapping) for v in settings.values())):
+        raise EmbedlabError(f"evaluate: settings must be {{analysis: {{key: value}}}}, e.g. {{'knn': {{'k': 10}}}}, "
+                            f"got {settings!r:.100}")
     settings = {str(k): dict(v) for k, v in (settings or {}).items()}
     check_settings(settings, chosen)
     dev = resolve_device(device)
@@ -326,6 +334,8 @@ def evaluate(source: Any = None, *, out: str | os.PathLike[str] | None = None,
     temporary = out is None
     if not temporary:
         check_writable(out)
+    if cache_dir is not None:  # a file there: named as given, not as the cache's hidden .KEY.partial-PID folder
+        check_writable(cache_dir)
     root = Path(tempfile.mkdtemp(prefix="embedlab-results-")) if temporary else Path(out)
     try:
         with tempfile.TemporaryDirectory(prefix="embedlab-arrays-") as tmp:
@@ -338,13 +348,21 @@ def evaluate(source: Any = None, *, out: str | os.PathLike[str] | None = None,
             elif _is_module(source):
                 if not dataset:
                     raise EmbedlabError("evaluate(module): give dataset= (a registered dataset) for its data")
-                src = _module_source(source, dataset, data_root, dataset_options or {}, name, dev)
-            else:
-                src = open_source(source, dev, data_root, trust_code=trust_code)
-            if name and src.name != name:
-                src = dataclasses.replace(src, name=name)
-            folder = analyze_source(src, root, analyses=chosen, cache_dir=cache_dir, device=dev, data_root=data_root,
-                                    force=force, progress=progress, settings=settings, ood=list(ood) if ood else None)
+            elif not isinstance(source, (str, os.PathLike)):
+                raise EmbedlabError(f"evaluate: source must be a path (run, checkpoint, spec, .npz) or an nn.Module, "
+                                    f"got {type(source).__name__}")
+            with _caller_module_kept(source if _is_module(source) else None):
+                if given:
+                    pass
+                elif _is_module(source):
+                    src = _module_source(source, dataset, data_root, dataset_options or {}, name, dev)
+                else:
+                    src = open_source(source, dev, data_root, trust_code=trust_code)
+                if name and src.name != name:
+                    src = dataclasses.replace(src, name=name)
+                folder = analyze_source(src, root, analyses=chosen, cache_dir=cache_dir, device=dev,
+                                        data_root=data_root, force=force, progress=progress, settings=settings,
+                                        ood=list(ood) if ood else None)
         return Results(folder, _temporary=temporary)
     except BaseException:
         if temporary:
@@ -352,9 +370,34 @@ def evaluate(source: Any = None, *, out: str | os.PathLike[str] | None = None,
         raise
 
 
+@contextlib.contextmanager
+def _caller_module_kept(module: "torch.nn.Module | None"):
+    """The caller's module as it was after :func:`evaluate`: every submodule's training flag, and the device
+    of its parameters and buffers (it is analysed in eval mode on ``device``). Restoring is cheaper than working
+    on a copy: a copy duplicates every parameter (on the GPU too), restoring costs one flag per submodule and,
+    only where ``device`` differs, the move back."""
+    if module is None:
+        yield
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    tensors = list(module.parameters()) + list(module.buffers())
+    where = tensors[0].device if tensors and len({t.device for t in tensors}) == 1 else None
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        if where is not None and any(t.device != where for t in list(module.parameters()) + list(module.buffers())):
+            module.to(where)
+
+
 def _chosen_analyses(analyses: str | Sequence[str]) -> list[str]:
     """``"all"``, ``"a,b"`` or ``["a", "b"]`` as the list of registered analysis names (unknown: one line)."""
     from embedlab.analyses.runner import select_analyses
+
+    if not isinstance(analyses, str) and not (isinstance(analyses, (list, tuple))
+                                              and all(isinstance(a, str) for a in analyses)):
+        raise EmbedlabError(f"analyses must be 'all', 'a,b' or a list of analysis names, got {analyses!r:.100}")
 
     return select_analyses(analyses if isinstance(analyses, str) else ",".join(analyses))
 
@@ -384,7 +427,7 @@ def _arrays_source(splits: Mapping[str, Mapping[str, Any]], classes: Sequence[st
         prefix = "" if split == "test" else f"{split}_"
         for key, value in d.items():
             if value is not None:
-                payload[f"{prefix}{key}"] = _numpy(value)
+                payload[f"{prefix}{key}"] = _numpy(value, f"{split}[{key!r}]")
     if classes is not None:
         payload["classes"] = np.asarray([str(c) for c in classes])
     from embedlab.analyses.runner import safe_dir_name
@@ -395,12 +438,31 @@ def _arrays_source(splits: Mapping[str, Mapping[str, Any]], classes: Sequence[st
     return dataclasses.replace(src, path=Path(f"<arrays:{name}>"))
 
 
-def _numpy(value: Any):
+def _numpy(value: Any, where: str = "array"):
+    """An array given to :func:`evaluate` as numpy: torch tensors on any device, of any float dtype (bf16 and fp16
+    read as float32), sparse (made dense); one line for a meta tensor, a ragged list or objects."""
     import numpy as np
+    import torch
 
-    if hasattr(value, "detach"):  # a torch tensor, on any device
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
+    if isinstance(value, torch.Tensor):
+        if value.is_meta:
+            raise EmbedlabError(f"{where}: a tensor on the meta device holds no values")
+        value = value.detach()
+        if value.layout != torch.strided:
+            value = value.to_dense()
+        if value.is_floating_point() and value.dtype != torch.float64:
+            value = value.float()  # numpy has no bfloat16
+        value = value.cpu().numpy()
+    elif hasattr(value, "toarray") and callable(value.toarray):  # a scipy sparse matrix
+        value = value.toarray()
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise EmbedlabError(f"{where}: not a rectangular array ({str(e).splitlines()[0][:160]})") from None
+    if a.dtype == object:
+        raise EmbedlabError(f"{where}: an array of Python objects (ragged rows, or None inside); give a "
+                            f"rectangular numeric array")
+    return a
 
 
 def _module_source(module: "torch.nn.Module", dataset: str, data_root: str | None, options: Mapping[str, Any],
@@ -416,6 +478,9 @@ def _module_source(module: "torch.nn.Module", dataset: str, data_root: str | Non
     from embedlab.external import _last_linear
     from embedlab.models import EmbedNet, ExternalNet
 
+    if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+        raise EmbedlabError("evaluate(module): the module is on the meta device (no weights); load its weights "
+                            "first (e.g. module.to_empty(device='cpu') and load_state_dict)")
     data = create_dataset(dataset, data_root, False, **{k: auto_type(v) for k, v in options.items()})
     clean = without_label_noise(data)
     noise = None if clean is data else data.describe()["label_noise"]
@@ -434,7 +499,11 @@ def _module_source(module: "torch.nn.Module", dataset: str, data_root: str | Non
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     with torch.no_grad():
-        n_out = model(clean.split("test")[0][0].unsqueeze(0).to(device)).shape[-1]
+        out = model(clean.split("test")[0][0].unsqueeze(0).to(device))
+    if not isinstance(out, torch.Tensor):
+        raise EmbedlabError(f"evaluate(module): the module returns {type(out).__name__}, not a tensor of logits "
+                            f"(N, C); wrap it in a module whose forward returns the logits")
+    n_out = out.shape[-1]
     if n_out != info.num_classes:
         raise EmbedlabError(f"the module outputs {n_out} classes but dataset {dataset!r} has {info.num_classes}")
     label = name or type(module).__name__

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from embedlab.errors import EmbedlabError
-from embedlab.io import atomic_write_bytes, atomic_write_json
+from embedlab.io import atomic_write_bytes, atomic_write_json, require_regular_file
 from embedlab.models import EmbedNet, create_model
 
 FORMAT = "embedlab.checkpoint"
@@ -82,7 +82,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         p = p / WEIGHTS
     if not p.exists():
         raise EmbedlabError(f"checkpoint not found: {p} (expected a run directory holding {WEIGHTS} or a .safetensors file)")
-    return p
+    return require_regular_file(p, "checkpoint")
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

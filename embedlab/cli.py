@@ -42,6 +42,41 @@ _positive_float = _number(float, 0.0, True, "a positive number")
 _nonneg_float = _number(float, 0.0, False, "a number >= 0")
 
 
+def _int_in(lo: int, hi: int, why: str = "") -> Callable[[str], int]:
+    """argparse type: an integer in ``lo .. hi`` (``why``: what the bound protects)."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo} and <= {hi:,}, got {s!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo} and <= {hi:,}{why}, got {s!r}")
+        return v
+
+    return parse
+
+
+def _class_counts(s: str) -> tuple[int, ...]:
+    """toy-depth's --ks: comma-separated class counts 2 .. 64."""
+    parse = _int_in(2, 64)
+    try:
+        ks = tuple(parse(p) for p in s.split(",") if p.strip())
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"class counts: {e}") from None
+    if not ks:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class counts >= 2 and <= 64, got {s!r}")
+    return ks
+
+
+def _seed(s: str) -> int:
+    """argparse type: a seed, an integer 0 .. 2**63 - 1 (torch takes a signed 64-bit seed)."""
+    v = _nonneg_int(s)
+    if v > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"expected a seed 0 .. 2**63 - 1, got {s!r}")
+    return v
+
+
 def _int_list(s: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in s.split(",") if p.strip())
@@ -128,7 +163,7 @@ def cmd_study(a: argparse.Namespace) -> int:
         raise EmbedlabError("study: --out is required (for status: the grid's folder, as `embedlab study status OUT`)")
     out = Path(a.out or a.folder)
     if a.study == "toy-depth":
-        ks = tuple(int(k) for k in a.ks.split(","))
+        ks = a.ks
         res = api.study("toy-depth", out, realisations_per_k=a.realisations, ks=ks, epochs=a.epochs or 20,
                         seed=a.seed, progress=not a.no_progress, threads=a.threads, precision=a.precision,
                         optimizer=a.optimizer, lr=a.lr, n_train=a.n_train, mean_range=a.mean_range)
@@ -272,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=("cosine", "step", "constant"), help="learning-rate schedule [cosine]")
     t.add_argument("--milestones", type=_int_list, help="epochs at which the step schedule multiplies lr by --lr-gamma")
     t.add_argument("--lr-gamma", type=_positive_float, help="step-schedule factor [0.1]")
-    t.add_argument("--seed", type=_nonneg_int, help="seed for initialisation, shuffling and mixing [0]")
+    t.add_argument("--seed", type=_seed, help="seed for initialisation, shuffling and mixing [0]")
     t.add_argument("--seeds", type=_int_list, metavar="S1,S2,...",
                    help="train one run per seed, into OUT/seed<S> (instead of --seed)")
     t.add_argument("--device", help="auto, cpu or cuda[:N]; under torchrun each process uses cuda:LOCAL_RANK [auto]")
@@ -344,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--umap-epochs", type=_positive_int, default=200, help="UMAP layout epochs")
     r.add_argument("--max-points", type=_nonneg_int, default=10000,
                    help="subsample each UMAP to at most this many points (0: every point); stated on the figure")
-    r.add_argument("--seed", type=_nonneg_int, default=0, help="UMAP and subsampling seed")
+    r.add_argument("--seed", type=_seed, default=0, help="UMAP and subsampling seed")
     r.add_argument("--workers", type=_nonneg_int, default=0,
                    help="processes computing the UMAP layouts (0: automatic, several only for 20,000+ points in all "
                         "and on idle CPU cores); the layouts do not depend on it")
@@ -359,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="embedlab-demo", help="output directory")
     d.add_argument("--methods", default=",".join(api.DEMO_METHODS), help="comma-separated methods to compare")
     d.add_argument("--epochs", type=_positive_int, default=30, help="epochs per method")
-    d.add_argument("--seed", type=_nonneg_int, default=0, help="seed")
+    d.add_argument("--seed", type=_seed, default=0, help="seed")
     d.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     d.add_argument("--force", action="store_true", help="redo the demo over an existing OUT")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -379,9 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="status: print the state of every run of the grid in --out (works while it runs)")
     st.add_argument("folder", nargs="?", help="status: the grid's folder (its --out)")
     st.add_argument("--out", help="output directory (required)")
-    st.add_argument("--seed", type=_nonneg_int, default=0, help="toy-depth: seed of the datasets and models")
-    st.add_argument("--realisations", type=_positive_int, default=100, help="toy-depth: datasets per K")
-    st.add_argument("--ks", default="2,3,4,5", help="toy-depth: class counts K")
+    st.add_argument("--seed", type=_seed, default=0, help="toy-depth: seed of the datasets and models")
+    st.add_argument("--realisations", type=_int_in(1, 10_000, " (datasets per K, vectorised in memory)"),
+                    default=100, help="toy-depth: datasets per K (at most 10,000)")
+    st.add_argument("--ks", type=_class_counts, default=(2, 3, 4, 5),
+                    help="toy-depth: class counts K, comma-separated, each 2 .. 64")
     st.add_argument("--threads", type=_positive_int, default=None, help="toy-depth: torch CPU threads")
     st.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                     help="toy-depth: precision of the hidden-to-hidden layers (float32 master weights and Adam either "
@@ -393,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="toy-depth: optimiser of every MLP: adam (betas 0.9, 0.999, eps 1e-8) or sgd (momentum 0.9, "
                          "no weight decay) [adam]")
     st.add_argument("--lr", type=_positive_float, default=1e-3, help="toy-depth: learning rate [0.001]")
-    st.add_argument("--n-train", type=_number(int, 50, False, "an integer >= 50 (one batch of 50)"), default=1000,
+    st.add_argument("--n-train", type=_int_in(50, 1_000_000, " (at least one batch of 50; vectorised in memory)"),
+                    default=1000,
                     help="toy-depth: training points per dataset, at least one batch of 50 [1000]")
     st.add_argument("--mean-range", type=_positive_float, default=1.0,
                     help="toy-depth: component means ~ U([-a, a]^2) for a = this value, with sigma ~ U(0.05, 0.5) "
@@ -475,6 +513,28 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+OUT_OF_MEMORY = ("out of memory: lower what you asked for (--batch-size; model options such as width, depth or "
+                 "num_classes; method options such as MultiMix n; analysis settings such as max_examples or n_bins; "
+                 "--data-opt image_size; study sizes such as --realisations or --n-train) or use a machine with "
+                 "more memory")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """torch's allocator failing (``DefaultCPUAllocator: not enough memory``, CUDA out of memory)."""
+    msg = str(e)
+    return any(m in msg for m in ("not enough memory", "DefaultCPUAllocator", "out of memory",
+                                  "can't allocate memory"))
+
+
+def _worker_message(msg: str) -> str:
+    """An embedlab error raised in a DataLoader worker comes back as ``Caught EmbedlabError in DataLoader worker
+    process 0.`` plus the worker's traceback: its own message is the last line."""
+    if "\nOriginal Traceback" not in msg:
+        return msg
+    last = msg.strip().splitlines()[-1]
+    return last.split("EmbedlabError: ", 1)[-1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
@@ -483,7 +543,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbedlabError as e:
         if args.debug:
             raise
-        sys.stderr.write(f"embedlab: error: {e}\n")
+        sys.stderr.write(f"embedlab: error: {_worker_message(str(e))}\n")
+        return 2
+    except MemoryError:  # an allocation no bound caught: the sizes asked for, not a bug
+        if args.debug:
+            raise
+        sys.stderr.write(f"embedlab: error: {OUT_OF_MEMORY}\n")
+        return 2
+    except RuntimeError as e:
+        if args.debug or not _out_of_memory(e):
+            raise
+        sys.stderr.write(f"embedlab: error: {OUT_OF_MEMORY} ({' '.join(str(e).split())[:160]})\n")
         return 2
     except OSError as e:  # the machine, not the input: disk full, permission denied, ...
         if args.debug:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import math
 import typing
 from typing import Any
@@ -226,6 +227,12 @@ AMP_MODES = ("auto", "bf16", "off")
 # ImageNet-21k's 21,841, and small enough that per-class arrays (class names, kNN scores, a confusion matrix's
 # rows) stay in memory. A file asking for more is refused before anything per class is allocated.
 MAX_CLASSES = 100_000
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+
+
+def max_workers() -> int:
+    """The most DataLoader worker processes a run may ask for: 4 per CPU core, at least 8."""
+    return max(8, 4 * (os.cpu_count() or 1))
 
 
 @dataclasses.dataclass
@@ -281,8 +288,11 @@ class TrainConfig:
             raise EmbedlabError(f"{where}: schedule must be cosine, step or constant, got {self.schedule!r}")
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
             raise EmbedlabError(f"{where}: milestones must be increasing epochs >= 1, got {list(self.milestones)}")
-        if self.num_workers < 0:
-            raise EmbedlabError(f"{where}: num_workers must be >= 0, got {self.num_workers}")
+        if not 0 <= self.num_workers <= max_workers():
+            raise EmbedlabError(f"{where}: num_workers (--workers) must be 0 .. {max_workers()} (4 × the "
+                                f"{os.cpu_count() or 1} CPU cores, at least 8), got {self.num_workers}")
+        if self.seed > MAX_SEED:
+            raise EmbedlabError(f"{where}: seed must be <= 2**63 - 1, got {self.seed}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise EmbedlabError(f"{where}: device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.amp not in AMP_MODES:

@@ -312,6 +312,11 @@ class ImageFolderData(_SplitImages):
         super().__init__(root, val_fraction, split_seed)
         self._warned: set[str] = set()
         self._missing: dict[str, list[str]] = {}  # split → training classes it has no image of
+        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                       or not 1 <= image_size <= MAX_IMAGE_SIZE):
+            raise EmbedlabError(f"imagefolder option image_size: the side images are resized to, 1 .. "
+                                f"{MAX_IMAGE_SIZE} pixels, got {image_size!r}")
+        self._first_size: tuple[int, int] | None = None
         if augment not in AUGMENTATIONS or (augment == "resized_crop" and not image_size):
             raise EmbedlabError(f"imagefolder option augment: one of {', '.join(AUGMENTATIONS)} "
                                 f"(resized_crop needs image_size), got {augment!r}")
@@ -322,6 +327,8 @@ class ImageFolderData(_SplitImages):
         folder = self._folder("train", _image_transform(0, False, False, image_size, augment))
         if len(folder) == 0:
             raise EmbedlabError(f"image folder {Path(root) / 'train'} holds no images")
+        if image_size is None:  # every image must then have the size of the first: a batch stacks them
+            self._first_size = folder.first_size = folder.size_of(0)
         mean, std = self._stats(folder)
         self.info = DatasetInfo("imagefolder", tuple(folder.classes), tuple(folder[0][0].shape), mean, std,
                                 "preact-resnet18")
@@ -331,12 +338,12 @@ class ImageFolderData(_SplitImages):
         sorted class folders): a val or test folder lacking a class keeps every other class's index (the missing
         ones are in :meth:`describe` and one warning line); a class folder the training split does not have is an
         error naming it."""
-        from torchvision.datasets import ImageFolder
+        from embedlab.imagefolder import SafeImageFolder
 
         folder = Path(self.root) / sub
         if sub == "train" or not hasattr(self, "info"):
             try:
-                return ImageFolder(str(folder), transform=transform)
+                return SafeImageFolder(str(folder), transform=transform, first_size=self._first_size)
             except (FileNotFoundError, RuntimeError) as e:
                 raise EmbedlabError(f"cannot read image folder {folder}: {e}") from None
         known = self.info.classes
@@ -346,7 +353,7 @@ class ImageFolderData(_SplitImages):
                                 f"{', '.join(map(repr, unknown))} that {Path(self.root) / 'train'} does not have; "
                                 f"every class of {sub}/ must be a class of train/ (known: {', '.join(known)})")
         try:
-            ds = ImageFolder(str(folder), transform=transform, allow_empty=True)
+            ds = SafeImageFolder(str(folder), transform=transform, first_size=self._first_size, allow_empty=True)
         except (FileNotFoundError, RuntimeError) as e:
             raise EmbedlabError(f"cannot read image folder {folder}: {e}") from None
         # the split's own indices (its sorted folders) → the training split's
@@ -405,6 +412,11 @@ def _class_folders(folder: Path) -> list[str]:
         return sorted(e.name for e in os.scandir(folder) if e.is_dir())
     except OSError as e:
         raise EmbedlabError(f"cannot read image folder {folder}: {e.strerror or e}") from None
+
+
+MAX_IMAGE_SIZE = 4096  # imagefolder's image_size: the side every image is resized to
+
+
 
 
 class _Relabel(Dataset):

@@ -25,10 +25,12 @@ three (timm's ``"factory_kwargs": {"in_chans": 1}`` reads it as it is). Weights 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
 import json
+import os
 import re
 import warnings
 import zipfile
@@ -42,7 +44,7 @@ from torch import Tensor, nn
 
 from embedlab.config import MAX_CLASSES, parse_options
 from embedlab.errors import EmbedlabError, EmbedlabWarning
-from embedlab.io import sha256_file
+from embedlab.io import check_npz_sizes, require_regular_file, sha256_file
 from embedlab.models import (
     ExternalNet,
     Geometry,
@@ -72,8 +74,8 @@ class Preprocess:
         if self.interpolation not in (None, "bilinear", "bicubic"):
             raise EmbedlabError(f"{where}: interpolation must be bilinear or bicubic, got {self.interpolation!r}")
         for key in ("size", "crop"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise EmbedlabError(f"{where}: {key} must be >= 1, got {getattr(self, key)}")
+            if getattr(self, key) is not None and not 1 <= getattr(self, key) <= MAX_IMAGE_SIDE:
+                raise EmbedlabError(f"{where}: {key} must be 1 .. {MAX_IMAGE_SIDE} pixels, got {getattr(self, key)}")
 
     def geometry(self, fallback: dict[str, Any] | None = None) -> Geometry:
         """Size, crop and interpolation, each from this spec where given, else from ``fallback`` (a processor's)."""
@@ -195,6 +197,20 @@ class _UserNet(nn.Module):
             self.no_head_reason = f"{reason}: {why}"
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Nothing below ERROR from the ``logging`` logger ``name`` (and its children) while inside."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _frozen_linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     """An ``nn.Linear`` holding a copy of ``weight`` (C, d) and ``bias`` (C,), without gradients."""
     head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
@@ -231,7 +247,7 @@ class ExportedNet(_UserNet):
     @classmethod
     def load(cls, path: Path, embedding: str | None, input_shape, mean, std, resize) -> "ExportedNet":
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_logger("torch.export"):  # it logs its own 12-line traceback
                 warnings.simplefilter("ignore")
                 program = torch.export.load(str(path))
         except Exception as e:  # noqa: BLE001 - any failure to read the archive is the file's fault
@@ -284,7 +300,15 @@ class ExportedNet(_UserNet):
             raise EmbedlabError(f"the exported program cannot run on inputs of shape {tuple(x.shape)}: {msg} (export "
                                 f"it with a dynamic batch dimension, dynamic_shapes={{'x': {{0: Dim('batch')}}}}, and "
                                 f"the dataset's image size, or set preprocess.size)") from None
+        if isinstance(out, dict):
+            raise EmbedlabError(f"the exported program returns a dict (keys {', '.join(map(str, out))[:200]}); "
+                                f"embedlab reads its logits as a tensor, or as the first of a tuple of tensors: "
+                                f"export a wrapper returning out['logits'] (and the embedding as a second output)")
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        if not outs or not all(isinstance(o, Tensor) for o in outs):
+            raise EmbedlabError(f"the exported program returns {type(out).__name__} of "
+                                f"{', '.join(type(o).__name__ for o in outs) or 'nothing'}; embedlab reads a tensor "
+                                f"of logits, or a flat tuple of tensors whose first is the logits")
         logits = outs[0]
         if self.output is None:
             z = self.tap.value
@@ -347,67 +371,197 @@ def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any], bool]:
     an image classifier (ViT, DINOv2, ConvNeXt, ... ``ForImageClassification``) or an image encoder without a head
     (``ViTModel``, ``Dinov2Model``, ``CLIPVisionModel(WithProjection)``, ...: the class ``config.architectures``
     names, looked up in the transformers package only). Weights are read from safetensors only and no remote code is
-    run (``trust_remote_code`` stays off), so loading executes nothing from the folder; nothing is fetched from the
-    hub. Returns the model, the preprocessing and whether it is a classifier."""
+    run (``trust_remote_code=False`` on every load, and a folder whose configs carry a custom-code hook is refused
+    before transformers reads it: :func:`refuse_custom_code`), so loading executes nothing from the folder; nothing
+    is fetched from the hub. The model is first built on the ``meta`` device and checked against the tensors the
+    weights hold (a config asking for a model larger than its weights is refused before anything is allocated), and
+    weights missing from the files, or left over, are an error naming them (never a silently random network).
+    Returns the model (float32), the preprocessing and whether it is a classifier."""
     try:
         import transformers
-        from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
     except ImportError:
         raise EmbedlabError("kind 'huggingface' needs transformers: pip install 'embedlab[hf]'") from None
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise EmbedlabError(f"{folder}: not a save_pretrained folder (no config.json)")
+    refuse_custom_code(folder)
     _quiet_transformers(transformers)
-    try:
+    where = f"the transformers image model in {folder}"
+    with _hf_errors(f"cannot read {folder / 'config.json'}"):
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-        archs = list(getattr(config, "architectures", None) or [])
-        classifier = any(a.endswith("ForImageClassification") for a in archs)
-        cls = AutoModelForImageClassification if classifier else getattr(transformers, archs[0], None) if archs \
-            else None
-        if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
-            cls = AutoModel
-        net = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as e:
-        msg = " ".join(str(e).split())[:300]
-        raise EmbedlabError(f"cannot load the transformers image model in {folder}: {msg} (embedlab reads image "
-                            f"classifiers and image encoders saved as safetensors)") from None
+    _check_hf_config(config, folder)
+    archs = getattr(config, "architectures", None) or []
+    if not isinstance(archs, (list, tuple)) or not all(isinstance(a, str) for a in archs):
+        raise EmbedlabError(f"{folder / 'config.json'}: architectures must be a list of class names such as "
+                            f"[\"ViTForImageClassification\"], got {archs!r:.100}")
+    archs = list(archs)
+    classifier = any(isinstance(a, str) and a.endswith("ForImageClassification") for a in archs)
+    named = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
+    if classifier or not archs:
+        from transformers.models.auto.auto_factory import _get_model_class
+
+        auto = AutoModelForImageClassification if classifier else transformers.AutoModel
+        if type(config) not in auto._model_mapping:
+            raise EmbedlabError(f"{folder / 'config.json'}: transformers has no "
+                                f"{'image classifier' if classifier else 'model'} for model_type "
+                                f"{getattr(config, 'model_type', None)!r}")
+        with _hf_errors(f"cannot load {where}"):
+            cls = _get_model_class(config, auto._model_mapping)
+    elif isinstance(named, type) and issubclass(named, transformers.PreTrainedModel):
+        cls = named
+    else:
+        raise EmbedlabError(f"{folder / 'config.json'}: architectures names {archs[0]!r}, which is not a "
+                            f"transformers model class (expected e.g. ViTModel or ViTForImageClassification)")
+    _check_model_size(cls, config, folder)
+    with _hf_errors(f"cannot load {where}"):
+        net, info = cls.from_pretrained(folder, config=config, local_files_only=True, use_safetensors=True,
+                                        trust_remote_code=False, dtype=torch.float32, output_loading_info=True)
+    _check_loading_info(info, folder)
     pre: dict[str, Any] = {"channels": getattr(config, "num_channels", None)}
     if (folder / "preprocessor_config.json").is_file():
-        try:
-            proc = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError, KeyError):
-            proc = None
-        if proc is not None:
-            pre.update(_processor_preprocessing(proc))
+        with _hf_errors(f"cannot read the image processor {folder / 'preprocessor_config.json'}"):
+            proc = AutoImageProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        pre.update(_processor_preprocessing(proc, folder / "preprocessor_config.json"))
     if pre.get("size") is None and getattr(config, "image_size", None):
-        pre["size"] = int(config.image_size)
+        pre["size"] = _image_side(getattr(config, "image_size"), f"{folder / 'config.json'}: image_size")
     return net.eval(), pre, classifier
 
 
-def _side(value: Any) -> int | None:
+@contextlib.contextmanager
+def _hf_errors(what: str):
+    """Any failure of transformers while it reads a folder the user named is the folder's: one line (``what``:
+    the first line of transformers' message), never a traceback. Running out of memory is the generic guard's."""
+    try:
+        yield
+    except (EmbedlabError, MemoryError, KeyboardInterrupt):
+        raise
+    except RecursionError:
+        raise EmbedlabError(f"{what}: JSON nested too deeply") from None
+    except Exception as e:  # noqa: BLE001 - transformers raises most types for malformed configs and weights
+        if isinstance(e, RuntimeError) and _out_of_memory(e):
+            raise
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        raise EmbedlabError(f"{what}: {type(e).__name__}: {msg}") from None
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether a RuntimeError is torch's allocator failing (the CLI's generic guard reports it)."""
+    msg = str(e)
+    return any(m in msg for m in ("not enough memory", "DefaultCPUAllocator", "out of memory",
+                                  "can't allocate memory"))
+
+
+MAX_HF_LAYERS = 1000  # depth of a transformers model: far above any real one, low enough to build on meta at once
+MAX_IMAGE_SIDE = 8192  # pixels, the side of the square an image is resized to
+
+
+def _check_hf_config(config: Any, folder: Path) -> None:
+    """What of a config.json embedlab refuses before building: quantisation (needs other packages and a GPU),
+    an attention implementation other than eager / sdpa (flash-attention kernels), and depths past
+    :data:`MAX_HF_LAYERS`."""
+    where = folder / "config.json"
+    if getattr(config, "quantization_config", None):
+        raise EmbedlabError(f"{where}: a quantized model (quantization_config); embedlab reads float weights: save "
+                            f"the model unquantized")
+    attn = getattr(config, "_attn_implementation_internal", None) or getattr(config, "attn_implementation", None)
+    if attn not in (None, "eager", "sdpa"):
+        raise EmbedlabError(f"{where}: attention implementation {attn!r}; embedlab runs eager or sdpa attention "
+                            f"(remove attn_implementation from config.json)")
+    for key, value in config.to_dict().items():
+        if ("layers" in key or key == "depths") and not isinstance(value, bool):
+            depth = sum(value) if isinstance(value, list) and all(isinstance(v, int) for v in value) else value
+            if isinstance(depth, int) and depth > MAX_HF_LAYERS:
+                raise EmbedlabError(f"{where}: {key} = {depth} layers; embedlab builds at most {MAX_HF_LAYERS}")
+
+
+def _check_model_size(cls: Any, config: Any, folder: Path) -> None:
+    """Build the model on the ``meta`` device (nothing allocated) and refuse it when it has more parameters than
+    the folder's safetensors files hold tensors: a config.json asking for a huge width, depth or image size."""
+    from safetensors import safe_open
+
+    with _hf_errors(f"cannot build the model config.json of {folder} describes"), torch.device("meta"):
+        n_model = sum(p.numel() for p in cls(config).parameters())
+    n_file = 0
+    for f in sorted(folder.glob("*.safetensors")):
+        with _hf_errors(f"cannot read weights {f}"):
+            with safe_open(str(f), framework="pt") as fh:
+                for k in fh.keys():
+                    n_file += int(np.prod(fh.get_slice(k).get_shape(), dtype=np.float64))
+    if n_file == 0:
+        raise EmbedlabError(f"{folder}: no tensors in any .safetensors file (embedlab reads weights saved by "
+                            f"save_pretrained as safetensors)")
+    if n_model > 2 * n_file + (1 << 24):  # a few missing tensors are the loading check's, named there
+        raise EmbedlabError(f"{folder / 'config.json'} describes a model of {n_model:,} parameters but the weights "
+                            f"hold {n_file:,} values; config.json does not match the weights (too wide, deep or "
+                            f"large an image size?)")
+
+
+def _check_loading_info(info: dict[str, Any], folder: Path) -> None:
+    """Weights the model needs that the files lack (transformers would initialise them at random) or tensors the
+    model has no place for: one line naming the first few."""
+    for key, what in (("missing_keys", "has no tensor for"), ("unexpected_keys", "holds tensors the model does "
+                                                                                 "not have:"),
+                      ("mismatched_keys", "holds tensors of the wrong shape for")):
+        keys = sorted(str(k if not isinstance(k, tuple) else k[0]) for k in (info.get(key) or ()))
+        if keys:
+            shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            raise EmbedlabError(f"the weights in {folder} {what} {shown}; they were not saved from this model "
+                                f"(save_pretrained of the model config.json describes)")
+
+
+def _image_side(value: Any, where: str) -> int | None:
+    """An image side read from a config or an image processor: an int in 1 .. :data:`MAX_IMAGE_SIDE`, a
+    ``[h, w]`` pair (its first side), or one line naming the field."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        value = value[0]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMAGE_SIDE:
+        raise EmbedlabError(f"{where} must be an image side in pixels, 1 .. {MAX_IMAGE_SIDE}, got {value!r}")
+    return value
+
+
+def _side(value: Any, where: str) -> int | None:
     """The side of a processor's ``size`` / ``crop_size``: ``{"height": h, "width": w}``, ``{"shortest_edge": s}``,
     a ``SizeDict`` or an int."""
-    if value is None or isinstance(value, int):
-        return value
+    if value is None or isinstance(value, (int, list, tuple)):
+        return _image_side(value, where)
     get = value.get if isinstance(value, dict) else lambda k: getattr(value, k, None)
     side = get("height") or get("shortest_edge")
-    return int(side) if side else None
+    return _image_side(side, where) if side is not None else None
 
 
-def _processor_preprocessing(proc: Any) -> dict[str, Any]:
+def _processor_preprocessing(proc: Any, where: Path | str = "the image processor") -> dict[str, Any]:
     """What a transformers image processor does to an image, as embedlab's differentiable input side does it:
     ``size`` (resize, unless ``do_resize`` is off), ``crop`` (``crop_size`` where ``do_center_crop``),
     ``interpolation`` (its ``resample``: PIL's BICUBIC = 3 → bicubic, otherwise bilinear) and ``mean``/``std``
-    (none where ``do_normalize`` is off). Images are already in [0, 1], as after the processor's rescale by 1/255."""
+    (none where ``do_normalize`` is off). Images are already in [0, 1], as after the processor's rescale by 1/255.
+    A field of the wrong type or out of range is one line naming it."""
     out: dict[str, Any] = {}
     if getattr(proc, "do_resize", True):
-        out["size"] = _side(getattr(proc, "size", None))
+        out["size"] = _side(getattr(proc, "size", None), f"{where}: size")
     if getattr(proc, "do_center_crop", False):
-        out["crop"] = _side(getattr(proc, "crop_size", None))
-    out["interpolation"] = "bicubic" if int(getattr(proc, "resample", 2) or 2) == 3 else "bilinear"
+        out["crop"] = _side(getattr(proc, "crop_size", None), f"{where}: crop_size")
+    resample = getattr(proc, "resample", 2)
+    if resample is not None and (isinstance(resample, bool) or not isinstance(resample, int)):
+        resample = getattr(resample, "value", resample)  # PIL's Resampling enum
+        if not isinstance(resample, int):
+            raise EmbedlabError(f"{where}: resample must be a PIL resampling filter number, got {resample!r}")
+    out["interpolation"] = "bicubic" if int(resample or 2) == 3 else "bilinear"
     if getattr(proc, "do_normalize", True):
         for key in ("mean", "std"):
             value = getattr(proc, f"image_{key}", None)
-            out[key] = list(value) if value is not None else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = [value]
+            if value is not None:
+                if (not isinstance(value, (list, tuple)) or len(value) not in (1, 3, 4)
+                        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                                   for v in value)
+                        or (key == "std" and min(value) <= 0)):
+                    raise EmbedlabError(f"{where}: image_{key} must be 1 or 3 finite numbers"
+                                        f"{' > 0' if key == 'std' else ''}, got {value!r}")
+                value = [float(v) for v in value]
+            out[key] = value
     return out
 
 
@@ -544,27 +698,110 @@ def load_sentence_encoder(folder: Path, embedding: str | None) -> SentenceEncode
                                 f"embedding) or \"hidden_state:K\" (the mean of hidden state K over the tokens), got "
                                 f"{embedding!r}")
         layer = _hidden_state_layer(embedding)
+    refuse_custom_code(folder)
+    _check_modules_json(folder)
     _quiet_transformers(transformers)
+    reports: list[Any] = []
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _recording_loading_reports(reports):
             warnings.simplefilter("ignore")
             st = sentence_transformers.SentenceTransformer(str(folder), device="cpu", local_files_only=True,
                                                            trust_remote_code=False,
-                                                           model_kwargs={"use_safetensors": True})
-    except (OSError, ValueError, KeyError, ImportError, TypeError) as e:
-        msg = " ".join(str(e).split())
+                                                           model_kwargs={"use_safetensors": True,
+                                                                         "dtype": torch.float32})
+    except (EmbedlabError, MemoryError, KeyboardInterrupt):
+        raise
+    except RecursionError:
+        raise EmbedlabError(f"cannot load the sentence-transformers model in {folder}: JSON nested too deeply") \
+            from None
+    except Exception as e:  # noqa: BLE001 - any failure to read the folder the user named is the folder's
+        if isinstance(e, RuntimeError) and _out_of_memory(e):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
         if "not part of Sentence Transformers" in msg:  # sentence-transformers' refusal: name the class, not the URL
             msg = (msg.split(". Importing")[0] + "; importing it would run code, and embedlab never passes "
                    "trust_remote_code")
         raise EmbedlabError(f"cannot load the sentence-transformers model in {folder}: {msg[:400]}") from None
-    tok = getattr(st, "tokenizer", None)
+    for info in reports:
+        _check_loading_info(info, folder)
+    if len(st) == 0 or not hasattr(st[0], "tokenize") or getattr(st, "tokenizer", None) is None:
+        raise EmbedlabError(f"{folder}/modules.json: the first module must be a transformer with a tokenizer "
+                            f"(sentence_transformers Transformer), got "
+                            f"{type(st[0]).__name__ if len(st) else 'no modules'}")
+    tok = st.tokenizer
     specials = set(getattr(tok, "all_special_tokens", ()) or ())
     if tok is not None and specials and len(tok) <= len(specials):  # every word would be [UNK]: one embedding for all
         raise EmbedlabError(f"{folder}: its tokenizer knows only its {len(tok)} special tokens, so every word would "
                             f"be unknown; are its tokenizer files (tokenizer.json, vocab.txt, ...) missing?")
+    positions = getattr(getattr(getattr(st[0], "auto_model", None), "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and isinstance(st.max_seq_length, int) and st.max_seq_length > positions:
+        raise EmbedlabError(f"{folder}: max_seq_length {st.max_seq_length} (sentence_bert_config.json) exceeds the "
+                            f"model's {positions} positions (max_position_embeddings); set max_seq_length <= "
+                            f"{positions}")
     if layer is not None and not hasattr(st[0], "auto_model"):
         raise EmbedlabError(f"\"embedding\": \"{embedding}\": the first module of {folder} is not a transformer")
     return SentenceEncoder(st, layer).eval()
+
+
+def _check_modules_json(folder: Path) -> None:
+    """``modules.json`` must be a list of ``{"path": str, "type": "package.Class", ...}`` entries: one line for
+    anything else, before sentence-transformers imports anything it names (it refuses classes outside its own
+    package; a function, an int or a loss class there is a traceback from it otherwise)."""
+    where = folder / "modules.json"
+    try:
+        entries = json.loads(where.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise EmbedlabError(f"{where}: not a JSON file ({str(e).splitlines()[0][:200]})") from None
+    except RecursionError:
+        raise EmbedlabError(f"{where}: JSON nested too deeply") from None
+    if not isinstance(entries, list) or not entries:
+        raise EmbedlabError(f"{where}: expected a non-empty list of modules, got {type(entries).__name__}")
+    for i, e in enumerate(entries):
+        kind = e.get("type") if isinstance(e, dict) else None
+        if not isinstance(kind, str) or not isinstance(e.get("path", ""), str):
+            raise EmbedlabError(f"{where}: module {i} must be {{\"path\": \"...\", \"type\": \"package.Class\"}}, "
+                                f"got {e!r:.100}")
+        if not kind.startswith("sentence_transformers."):
+            continue  # sentence-transformers refuses it, naming it (never imported)
+        module_name, _, name = kind.rpartition(".")
+        try:  # sentence-transformers' own modules only: importing them runs nothing from the folder
+            with warnings.catch_warnings():  # its deprecated aliases (sentence_transformers.models, ...) warn
+                warnings.simplefilter("ignore")
+                obj = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError, ValueError):
+            continue  # a legacy name sentence-transformers maps itself, or one it refuses with its own message
+        if not (isinstance(obj, type) and issubclass(obj, nn.Module)) or ".losses" in kind or "Loss" in name:
+            raise EmbedlabError(f"{where}: module {i} type {kind!r} is not a sentence-transformers module class "
+                                f"(e.g. sentence_transformers.models.Transformer, Pooling, Dense, Normalize)")
+
+
+@contextlib.contextmanager
+def _recording_loading_reports(reports: list[Any]):
+    """Collect the loading reports (missing, unexpected, mismatched keys) of the transformers models
+    sentence-transformers loads inside, which it does not return; transformers only logs them (and embedlab
+    quiets its log)."""
+    try:
+        from transformers import modeling_utils
+    except ImportError:  # pragma: no cover - transformers is a dependency of sentence-transformers
+        yield
+        return
+    original = getattr(modeling_utils, "log_state_dict_report", None)
+    if original is None:  # another transformers version: no report to read
+        yield
+        return
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        info = kwargs.get("loading_info")
+        if info is not None:
+            reports.append({k: getattr(info, k, None) for k in ("missing_keys", "unexpected_keys",
+                                                                 "mismatched_keys")})
+        return original(*args, **kwargs)
+
+    modeling_utils.log_state_dict_report = record
+    try:
+        yield
+    finally:
+        modeling_utils.log_state_dict_report = original
 
 
 class ScriptedNet(_UserNet):
@@ -697,20 +934,110 @@ def build_external(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: i
 
 
 def _content_hash(spec: ModelSpec, weights: Path | None) -> Any:
-    """SHA-256 over the spec and every weights file (all files of a ``save_pretrained`` or sentence-transformers
-    folder, following symbolic links to module folders and files, :func:`embedlab.fingerprint.folder_files`): for
-    each file its path in the folder, its resolved real path and the SHA-256 of its bytes, so new weights behind a
-    link, or a link pointed elsewhere, are another model. The cache key and the results' model hash."""
-    from embedlab.fingerprint import folder_files
-
+    """SHA-256 over the spec and the weights: the file, or the files a load of a Hugging Face folder reads
+    (:func:`model_folder_files`, checked to be such a folder first, following symbolic links to module folders):
+    for each file its path in the folder, its resolved real path and the SHA-256 of its bytes, so new weights
+    behind a link, or a link pointed elsewhere, are another model. The cache key and the results' model hash."""
     h = hashlib.sha256(json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str).encode())
     if weights is not None:
         if not weights.exists():
             raise EmbedlabError(f"weights file not found: {weights}")
-        for rel, f in folder_files(weights) if weights.is_dir() else [(weights.name, weights)]:
+        if weights.is_dir():
+            files = model_folder_files(weights)
+        else:
+            files = [require_regular_file(weights, "weights file")]
+        for f in files:
+            rel = f.relative_to(weights) if weights.is_dir() else f.name
             h.update(f"{rel}\0{f.resolve()}\0".encode())
             h.update(sha256_file(f).encode())
     return h
+
+
+# The files of a save_pretrained / SentenceTransformer.save folder that transformers and sentence-transformers read:
+# configs, tokenizer files and safetensors weights, in the folder and in its module sub-folders (1_Pooling/, ...).
+MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".tiktoken")
+MAX_MODEL_FILES = 1000
+MAX_CONFIG_BYTES = 64 << 20  # a config or tokenizer file larger than this is not one
+
+
+def model_folder_files(folder: Path) -> list[Path]:
+    """The files a Hugging Face load reads from ``folder`` (itself and its sub-folders one level down, following
+    symbolic links: a sentence-transformers module folder may be one), after checking it is such a folder (``config.json`` or ``modules.json``): one
+    line, before anything is hashed or read, for a folder that is not one (``"weights": "~"``), for more than
+    :data:`MAX_MODEL_FILES` files, or for one of those files that is not a regular file (a FIFO would block)."""
+    if not folder.is_dir() or not any((folder / n).is_file() for n in ("config.json", "modules.json")):
+        raise EmbedlabError(f"{folder}: not a save_pretrained folder (no config.json, or modules.json for a "
+                            f"sentence-transformers folder)")
+    files: list[Path] = []
+    dirs = [folder]
+    try:
+        with os.scandir(folder) as it:
+            dirs += sorted(Path(e.path) for e in it if e.is_dir())  # one level: a link loop cannot recurse
+        for d in dirs:
+            with os.scandir(d) as it:
+                for e in sorted(it, key=lambda e: e.name):
+                    if e.name.endswith(MODEL_FILE_SUFFIXES) and not e.is_dir():
+                        files.append(require_regular_file(e.path, "model file"))
+                        if len(files) > MAX_MODEL_FILES:
+                            raise EmbedlabError(f"{folder}: more than {MAX_MODEL_FILES} model files; is it a "
+                                                f"save_pretrained folder?")
+    except OSError as e:
+        raise EmbedlabError(f"cannot read model folder {folder}: {e.strerror or e}") from None
+    return files
+
+
+# Keys of a config that make transformers or sentence-transformers import Python code from the folder (or from
+# the hub) when trust_remote_code is on, and ask on the terminal whether to when it is not given.
+CODE_HOOKS = ("auto_map", "custom_pipelines", "trust_remote_code")
+
+
+def refuse_custom_code(folder: Path) -> None:
+    """One line, before transformers reads anything of ``folder``, when one of its JSON configs carries a
+    custom-code hook (:data:`CODE_HOOKS`, at any depth): transformers would ask whether to run the folder's code
+    (and run it on yes). embedlab runs no code from a model folder, whatever the terminal answers."""
+    for f in model_folder_files(folder):
+        if f.suffix != ".json" or f.name in ("tokenizer.json", "vocab.json"):
+            continue
+        if f.stat().st_size > MAX_CONFIG_BYTES:
+            raise EmbedlabError(f"{f}: {f.stat().st_size >> 20} MiB is too large for a config file")
+        try:
+            data = json.loads(f.read_bytes())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise EmbedlabError(f"{f}: not a JSON file ({str(e).splitlines()[0][:200]})") from None
+        except RecursionError:
+            raise EmbedlabError(f"{f}: JSON nested too deeply") from None
+        if isinstance(data, dict):  # a class count transformers would build label tables for while reading it
+            for key in ("num_labels", "id2label", "label2id"):
+                n = data.get(key)
+                n = len(n) if isinstance(n, (dict, list)) else n
+                if isinstance(n, int) and not isinstance(n, bool) and n > MAX_CLASSES:
+                    raise EmbedlabError(f"{f}: {key} asks for {n:,} classes; embedlab reads at most "
+                                        f"{MAX_CLASSES:,}")
+        hook = _code_hook(data)
+        if hook is not None:
+            raise EmbedlabError(f"{f}: {hook!r} asks to run Python code from the model folder; embedlab never runs "
+                                f"a model folder's code (trust_remote_code stays off): use a model whose classes "
+                                f"transformers itself defines, or load it yourself and pass the module to "
+                                f"embedlab.evaluate")
+
+
+def _code_hook(data: Any, depth: int = 0) -> str | None:
+    """The first :data:`CODE_HOOKS` key in ``data`` (nested dicts and lists searched), or None."""
+    if depth > 50:
+        return None
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k in CODE_HOOKS and v not in (None, False, {}, []):
+                return str(k)
+            found = _code_hook(v, depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(data, list):
+        for v in data:
+            found = _code_hook(v, depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 def build_text_encoder(spec: ModelSpec, base_dir: Path) -> tuple[SentenceEncoder, str]:
@@ -723,20 +1050,36 @@ def build_text_encoder(spec: ModelSpec, base_dir: Path) -> tuple[SentenceEncoder
     return load_sentence_encoder(weights, spec.embedding), h.hexdigest()
 
 
+# factory_kwargs embedlab sets itself for torchvision / timm: given again they were "multiple values" TypeErrors
+RESERVED_KWARGS = {"torchvision": ("num_classes", "weights", "pretrained", "progress"),
+                   "timm": ("num_classes", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                            "checkpoint_path", "model_name")}
+
+
 def _instantiate(spec: ModelSpec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    if spec.kind in RESERVED_KWARGS:
+        given = sorted(set(spec.factory_kwargs) & set(RESERVED_KWARGS[spec.kind]))
+        if given:
+            raise EmbedlabError(f"factory_kwargs {', '.join(given)}: embedlab sets {'this' if len(given) == 1 else 'these'} "
+                                f"itself (the class count from \"num_classes\" or the dataset, the weights from "
+                                f"\"weights\"; nothing is downloaded): remove {'it' if len(given) == 1 else 'them'}")
     if spec.kind == "torchvision":
         import torchvision
 
-        try:
+        if spec.arch not in torchvision.models.list_models():
+            raise EmbedlabError(f"unknown torchvision model {spec.arch!r} (torchvision.models.list_models() names "
+                                f"them)")
+        with _constructor_errors(spec):
             return torchvision.models.get_model(spec.arch, weights=None, num_classes=num_classes, **spec.factory_kwargs)
-        except ValueError as e:
-            raise EmbedlabError(f"unknown torchvision model {spec.arch!r} ({e})") from None
     if spec.kind == "timm":
         try:
             import timm
         except ImportError:
             raise EmbedlabError("kind 'timm' needs timm: pip install timm") from None
-        return timm.create_model(spec.arch, pretrained=False, num_classes=num_classes, **spec.factory_kwargs)
+        if not timm.is_model(spec.arch):
+            raise EmbedlabError(f"unknown timm model {spec.arch!r} (timm.list_models() names them)")
+        with _constructor_errors(spec):
+            return timm.create_model(spec.arch, pretrained=False, num_classes=num_classes, **spec.factory_kwargs)
     module_name, _, fn_name = str(spec.arch).partition(":")
     if not fn_name:
         raise EmbedlabError(f"factory arch must be 'package.module:function', got {spec.arch!r}")
@@ -750,6 +1093,19 @@ def _instantiate(spec: ModelSpec, num_classes: int, input_shape: tuple[int, ...]
     return net
 
 
+@contextlib.contextmanager
+def _constructor_errors(spec: ModelSpec):
+    """A torchvision / timm constructor failing on the spec's factory_kwargs (unknown or mistyped): one line."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, AssertionError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and _out_of_memory(e):
+            raise
+        msg = " ".join(str(e).split())[:300] or type(e).__name__
+        raise EmbedlabError(f"cannot build {spec.kind} model {spec.arch!r} with factory_kwargs "
+                            f"{json.dumps(spec.factory_kwargs, default=str)[:200]}: {msg}") from None
+
+
 ARRAY_KEYS = frozenset({"embeddings", "labels", "logits", "classes"} | {
     f"{split}_{key}" for split in ("train", "val", "test") for key in ("embeddings", "labels", "logits")})
 
@@ -761,14 +1117,16 @@ def read_arrays(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray | None
     Returns ``{split: {"embeddings", "labels", "logits"}}`` and the class names (or None).
     """
     p = Path(path)
+    check_npz_sizes(p, "arrays", ARRAY_KEYS)
     try:
         with np.load(p, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
+            names = list(f.files)
+            data = {k: f[k] for k in names if k in ARRAY_KEYS}  # unknown keys are never read
     except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         # TypeError: a single .npy array under an .npz name; EOFError: an empty file; BadZipFile: truncated/corrupt
         raise EmbedlabError(f"cannot read arrays {p}: {str(e) or type(e).__name__} (empty, truncated or not an "
                             f".npz file?)") from None
-    unknown = sorted(set(data) - ARRAY_KEYS)
+    unknown = sorted(set(names) - ARRAY_KEYS)
     if unknown:
         warnings.warn(EmbedlabWarning(
             f"{p}: ignored unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (embedlab reads "

@@ -56,6 +56,76 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def require_regular_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` if it is a regular file (symbolic links followed); one line for anything else, before anything opens
+    it: opening a FIFO blocks until a writer comes, a device may never end."""
+    import stat
+
+    from embedlab.errors import EmbedlabError
+
+    p = Path(path)
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise EmbedlabError(f"{what} not found: {p}") from None
+    except OSError as e:  # a symlink loop, a name too long, permission denied on a parent
+        raise EmbedlabError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise EmbedlabError(f"{what} {p} is {kind}, not a regular file; give a regular file")
+    return p
+
+
+def check_npz_sizes(path: str | os.PathLike, what: str = "arrays file", keys: Any = None) -> None:
+    """Refuse, before numpy allocates anything, an ``.npz`` whose arrays (those named in ``keys``, default all)
+    would not fit: a member whose ``.npy`` header claims more bytes than the member holds (a 149 GB shape in a
+    few-byte file), or members decompressing to more than half the machine's memory (a zip bomb). One line naming
+    the file, the array and the sizes. Files numpy cannot read are left to ``numpy.load``'s own error."""
+    import zipfile
+
+    import numpy as np
+
+    from embedlab.errors import EmbedlabError
+
+    p = Path(path)
+    limit = _memory_bytes() // 2
+    total = 0
+    try:
+        with zipfile.ZipFile(p) as z:
+            for info in z.infolist():
+                name = info.filename.removesuffix(".npy")
+                if not info.filename.endswith(".npy") or (keys is not None and name not in keys):
+                    continue
+                with z.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(fh))
+                nbytes = int(np.prod(shape, dtype=object) or 0) * dtype.itemsize
+                if nbytes > info.file_size:
+                    raise EmbedlabError(f"{what} {p}: array {name!r} claims shape {shape} ({_gib(nbytes)}) but "
+                                        f"holds {info.file_size:,} bytes; the file is corrupt or crafted")
+                total += info.file_size
+                if total > limit:
+                    raise EmbedlabError(f"{what} {p}: its arrays decompress to more than {_gib(limit)}, half of "
+                                        f"this machine's memory; analyse fewer examples (or a smaller file)")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, TypeError):
+        return  # not a readable .npz: numpy.load says so
+    return
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n:,} bytes"
+
+
+def _memory_bytes() -> int:
+    """Physical memory of this machine (or 16 GiB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes, read in chunks."""
     h = hashlib.sha256()

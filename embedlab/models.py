@@ -416,7 +416,7 @@ def head_mismatch(head: nn.Module | None, z: Tensor, logits: Tensor | None) -> s
     w = getattr(head, "weight", None)
     if not isinstance(head, nn.Linear) or not isinstance(w, Tensor):
         return "it is not a linear layer"
-    if logits is None or logits.dim() != 2 or z.dim() != 2:
+    if not isinstance(logits, Tensor) or not isinstance(z, Tensor) or logits.dim() != 2 or z.dim() != 2:
         return "there are no (N, C) logits to compare with"
     if tuple(w.shape) != (logits.shape[1], z.shape[1]):
         return (f"it maps {w.shape[1]} to {w.shape[0]} dimensions, the embedding has {z.shape[1]} and the logits "

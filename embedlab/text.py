@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from embedlab.config import MAX_CLASSES, parse_options
 from embedlab.data import SPLITS, DataSource, DatasetInfo
 from embedlab.errors import EmbedlabError, EmbedlabWarning
+from embedlab.io import require_regular_file
 
 SUFFIXES = (".jsonl", ".csv", ".tsv")
 
@@ -127,6 +128,10 @@ def _read_rows(path: Path, opts: TextOptions) -> tuple[list[tuple[str, Any]], st
     """``(text, label)`` of every row of one split file, and the SHA-256 of the bytes they were read from (the file
     is read once); one line naming the file and row for a bad row."""
     try:
+        size = require_regular_file(path, "text dataset file").stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise EmbedlabError(f"{path}: {size / 2**30:.1f} GiB; embedlab reads text dataset files of at most "
+                                f"{MAX_TEXT_BYTES >> 30} GiB (split it, or sample it)")
         data = path.read_bytes()
         # -sig: a BOM (Excel's CSV) is not a field name; newline="": the lines a file opened that way gives
         with io.StringIO(data.decode("utf-8-sig"), newline="") as fh:
@@ -138,6 +143,8 @@ def _read_rows(path: Path, opts: TextOptions) -> tuple[list[tuple[str, Any]], st
                             records.append((n, json.loads(line)))
                         except json.JSONDecodeError as e:
                             raise EmbedlabError(f"{path}: line {n} is not JSON ({e.msg})") from None
+                        except ValueError as e:  # an integer of more than 4,300 digits
+                            raise EmbedlabError(f"{path}: line {n}: {str(e).splitlines()[0][:200]}") from None
             else:
                 reader = csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ",")
                 records = [(n, r) for n, r in enumerate(reader, 2)]
@@ -157,9 +164,31 @@ def _read_rows(path: Path, opts: TextOptions) -> tuple[list[tuple[str, Any]], st
             raise EmbedlabError(f"{path}: row {n}: {opts.text_field!r} must be a string, got {type(text).__name__}")
         if isinstance(label, bool) or not isinstance(label, (str, int)) or (isinstance(label, str) and not label):
             raise EmbedlabError(f"{path}: row {n}: {opts.label_field!r} must be a class name or an integer, got "
-                                f"{label!r}")
+                                f"{label!r:.100}")
+        for what, value in ((opts.text_field, text), (opts.label_field, label)):
+            if isinstance(value, str) and not _is_unicode(value):
+                raise EmbedlabError(f"{path}: row {n}: {what!r} holds a lone surrogate (an escape such as \\ud800 "
+                                    f"that is not a character); fix the file's text")
+        if isinstance(label, int) and abs(label) >= 10**MAX_LABEL_CHARS:
+            raise EmbedlabError(f"{path}: row {n}: {opts.label_field!r} is an integer of more than "
+                                f"{MAX_LABEL_CHARS:,} digits; labels are class names or class indices")
+        if isinstance(label, str) and len(label) > MAX_LABEL_CHARS:
+            raise EmbedlabError(f"{path}: row {n}: {opts.label_field!r} is {len(label):,} characters long; a class "
+                                f"name or integer label has at most {MAX_LABEL_CHARS:,}")
         rows.append((text, label))
     return rows, hashlib.sha256(data).hexdigest()
+
+
+MAX_TEXT_BYTES = 2 << 30  # one split file: read whole into memory
+MAX_LABEL_CHARS = 1000
+
+
+def _is_unicode(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_label_kinds(rows: dict[str, list[tuple[str, Any]]], files: dict[str, Path]) -> None:

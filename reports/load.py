@@ -22,6 +22,7 @@ import numpy as np
 
 from embedlab.config import MAX_CLASSES
 from embedlab.errors import EmbedlabError
+from embedlab.io import check_npz_sizes
 
 RESULTS_FILENAME = "results.json"
 RESULTS_KIND = "embedlab.analysis"
@@ -318,6 +319,7 @@ def _load_arrays(npz_path: Path) -> dict[str, Any]:
     validated. The other arrays in the file (per-analysis data) are not read."""
     if not npz_path.is_file():
         raise EmbedlabError(f"arrays file missing: {npz_path}")
+    check_npz_sizes(npz_path, "arrays file", {"embeddings", "labels", "logits", "thumbnails", "thumbnail_index"})
     try:
         with np.load(npz_path, allow_pickle=False) as npz:
             missing = [k for k in ("embeddings", "labels") if k not in npz.files]

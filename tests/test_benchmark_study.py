@@ -34,7 +34,7 @@ def test_method_specs_parse_options_and_labels():
     ("mixup[alpha=nan]", r"option alpha: expected a finite number"),
     ("mixup[alpha=true]", r"option alpha: expected float, got True"),
     ("multimix[n=1;n=2]", r"option 'n' is given twice"),
-    ("multimix[n=100000000000]", r"option n: at most 1,000,000 generated examples"),
+    ("multimix[n=100000000000]", r"option n: at most 100,000 mixed examples"),
     ("erm,mixup[alphä=1]", r"unknown option\(s\) alphä"),
     ("", r"at least one method"),
 ])

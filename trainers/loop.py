@@ -114,6 +114,26 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int) ->
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
 
 
+def _check_model_fits(name: str, info: Any, cfg: TrainConfig) -> None:
+    """Build the model on the ``meta`` device first (nothing allocated) and refuse it when its weights, their
+    gradients and two optimiser moments (16 bytes a parameter) would exceed this machine's memory: a width or
+    depth option far too large is one line naming the options, not an allocator failure or the OOM killer."""
+    from embedlab.io import _memory_bytes
+
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in create_model(name, info.num_classes, info.input_shape, info.mean, info.std,
+                                                    **cfg.model_options).parameters())
+    except (TypeError, EmbedlabError):
+        return  # the real build below says what is wrong
+    except (RuntimeError, NotImplementedError, ValueError):
+        return  # a factory that cannot be built on meta: built as it is
+    if 16 * n > _memory_bytes():
+        raise EmbedlabError(f"model {name!r} with options {dict(cfg.model_options)} has {n:,} parameters: with "
+                            f"their gradients and optimiser state ({16 * n / 2**30:,.0f} GiB) more than this "
+                            f"machine's {_memory_bytes() / 2**30:,.0f} GiB; lower its width or depth options")
+
+
 def build(cfg: TrainConfig) -> tuple[DataSource, EmbedNet, dict[str, Any]]:
     """Dataset and freshly initialised model (seeded), plus the model description saved in checkpoints."""
     data = create_dataset(cfg.dataset, cfg.data_root, cfg.download, **cfg.dataset_options)
@@ -121,6 +141,7 @@ def build(cfg: TrainConfig) -> tuple[DataSource, EmbedNet, dict[str, Any]]:
     name = cfg.model or info.default_model
     if ":" not in name:  # tv:NAME / timm:NAME options go to the external library as they are
         check_option_types(MODELS.get(name).obj, cfg.model_options, f"model {name!r}")
+    _check_model_fits(name, info, cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         try:

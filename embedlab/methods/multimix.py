@@ -27,12 +27,13 @@ from embedlab.methods.base import (
 )
 from embedlab.methods.pairwise import ERM, Mixup, MixupOptions
 from embedlab.models import EmbedNet
-
-MAX_N = 1_000_000  # generated examples per batch (MultiMix's and Dense MultiMix's n)
 from embedlab.sampling import dirichlet, gamma
 
 
 # -------------------------------------------------------------------------------------------------- multimix
+MAX_MIXED = 100_000  # MultiMix n: each batch holds n × b interpolation weights and n mixed embeddings
+
+
 @dataclass
 class MultiMixOptions(AlphaOptions):
     alpha: float = 1.0
@@ -46,10 +47,9 @@ class MultiMixOptions(AlphaOptions):
     def validate(self, where: str) -> None:
         super().validate(where)
         check_positive(where, n=self.n, fallback_alpha=self.fallback_alpha)
-        if self.n > MAX_N:  # Λ alone is n × m floats per batch
-            raise EmbedlabError(f"{where} option n: at most {MAX_N:,} generated examples per batch (Λ is n × m "
-                                f"floats: {self.n:,} × 128 would need {self.n * 128 * 4 / 2**30:,.0f} GiB), got "
-                                f"{self.n:,}; lower n")
+        if self.n > MAX_MIXED:  # Λ alone is n × m floats per batch
+            raise EmbedlabError(f"{where} option n: at most {MAX_MIXED:,} mixed examples per batch (the paper uses "
+                                f"1000), got {self.n:,}")
         check_probability(where, p=self.p)
         if self.m is not None and self.m < 1:
             raise EmbedlabError(f"{where} option m: must be >= 1 (or none for m = b), got {self.m}")
