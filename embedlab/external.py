@@ -107,6 +107,8 @@ class ModelSpec:
                 raise EmbedlabError(f"{where}: {key!r} must be a JSON object of key: value pairs, got {value!r}")
         if self.kind not in KINDS:
             raise EmbedlabError(f"{where}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.num_classes is not None and not 1 <= self.num_classes <= MAX_CLASSES:
+            raise EmbedlabError(f"{where}: num_classes must be 1 .. {MAX_CLASSES:,}, got {self.num_classes:,}")
         if self.kind not in ("torchscript", "export", "huggingface") and not self.arch:
             raise EmbedlabError(f"{where}: kind {self.kind!r} needs 'arch'")
         if self.kind in ("torchscript", "export", "huggingface") and not self.weights:
