@@ -399,7 +399,7 @@ def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any], bool]:
     archs = list(archs)
     classifier = any(isinstance(a, str) and a.endswith("ForImageClassification") for a in archs)
     named = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
-    if classifier or not archs:
+    if classifier or named is None:  # no architectures, or a name transformers does not define: by model_type
         from transformers.models.auto.auto_factory import _get_model_class
 
         auto = AutoModelForImageClassification if classifier else transformers.AutoModel
