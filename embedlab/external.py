@@ -107,6 +107,8 @@ class ModelSpec:
                 raise EmbedlabError(f"{where}: {key!r} must be a JSON object of key: value pairs, got {value!r}")
         if self.kind not in KINDS:
             raise EmbedlabError(f"{where}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.num_classes is not None and not 1 <= self.num_classes <= MAX_CLASSES:
+            raise EmbedlabError(f"{where}: num_classes must be 1 .. {MAX_CLASSES:,}, got {self.num_classes:,}")
         if self.kind not in ("torchscript", "export", "huggingface") and not self.arch:
             raise EmbedlabError(f"{where}: kind {self.kind!r} needs 'arch'")
         if self.kind in ("torchscript", "export", "huggingface") and not self.weights:
@@ -397,7 +399,7 @@ def load_huggingface(folder: Path) -> tuple[nn.Module, dict[str, Any], bool]:
     archs = list(archs)
     classifier = any(isinstance(a, str) and a.endswith("ForImageClassification") for a in archs)
     named = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
-    if classifier or not archs:
+    if classifier or named is None:  # no architectures, or a name transformers does not define: by model_type
         from transformers.models.auto.auto_factory import _get_model_class
 
         auto = AutoModelForImageClassification if classifier else transformers.AutoModel

@@ -541,12 +541,15 @@ def test_exported_programs_returning_a_dict_or_tuple_are_one_line(tmp_path, caps
     ("timm", "resnet18", {"pretrained": True}, "factory_kwargs pretrained"),
     ("timm", "no_such_net", {}, "unknown timm model 'no_such_net'"),
     ("timm", "resnet18", {"no_such_option": 1}, "cannot build timm model 'resnet18'"),
+    ("torchvision", "resnet18", {"num_classes_in_spec": 10**9}, "num_classes must be 1 .. 100,000"),
 ])
 def test_torchvision_and_timm_specs_with_bad_kwargs_are_one_line(tmp_path, capsys, kind, arch, kwargs, message):
     if kind == "timm":
         pytest.importorskip("timm")
-    (tmp_path / "s.json").write_text(json.dumps({"name": "s", "kind": kind, "arch": arch, "dataset": "digits",
-                                                 "factory_kwargs": kwargs}))
+    spec = {"name": "s", "kind": kind, "arch": arch, "dataset": "digits", "factory_kwargs": kwargs}
+    if "num_classes_in_spec" in kwargs:  # a spec's own num_classes of 10**9: a 512e9-parameter head
+        spec.update(num_classes=kwargs["num_classes_in_spec"], factory_kwargs={})
+    (tmp_path / "s.json").write_text(json.dumps(spec))
     line = _error(capsys, "analyze", tmp_path / "s.json", "--out", tmp_path / "r", "--analyses", "accuracy",
                   "--cache-dir", tmp_path / "c", "--no-progress", "--device", "cpu")
     assert message in line, line
@@ -821,3 +824,13 @@ def test_fuzz_generated_image_folders(tmp_path_factory, capsys, memory_limited, 
     _success_or_one_line(capsys, "train", "--dataset", "imagefolder", "--data-root", root, *opts, "--out",
                          root.parent / "r", "--epochs", "1", "--set", "batch_size=2", "--no-progress",
                          "--device", "cpu")
+
+
+def test_evaluate_with_out_naming_a_file_names_it(tmp_path):
+    import embedlab
+
+    z, y = _arrays()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OSError) as e:
+        embedlab.evaluate(embeddings=z, labels=y, analyses="knn", out=tmp_path / "f")
+    assert e.value.filename == str(tmp_path / "f") and "Not a directory" in str(e.value)
