@@ -138,22 +138,30 @@ def make_launcher(kind: str, out: str | os.PathLike[str], options: dict[str, Any
     folder = out / ".submitit" / "%j"
     opts = {k: v for k, v in options.items() if k in ("analyses", "analysis_settings", "device")}
 
-    def launch(grid: Sequence[Any]) -> dict[str, str]:
+    def launch(grid: Sequence[Any], on_done: Callable[[Any], None] | None = None) -> dict[str, str]:
+        """Run ``grid``; ``on_done(job)`` after each run that is finished (reused or just done), so the grid's
+        summary can be rewritten run by run."""
+        done = on_done or (lambda job: None)
         todo = [j for j in grid if not finished(j, out)]
         skipped = len(grid) - len(todo)
         if skipped:
             log(f"[grid] {skipped} of {len(grid)} runs are finished and analysed: reused")
+            for j in grid:
+                if j not in todo:
+                    done(j)
         if not todo:
             return {}
         if kind == "slurm":
-            return _slurm(submitit, todo, out, opts, jobs, slurm or SlurmOptions(), folder, poll_seconds, log, executor)
-        return _local(submitit, todo, out, opts, jobs, folder, poll_seconds, log, executor)
+            return _slurm(submitit, todo, out, opts, jobs, slurm or SlurmOptions(), folder, poll_seconds, log, executor,
+                          done)
+        return _local(submitit, todo, out, opts, jobs, folder, poll_seconds, log, executor, done)
 
     return launch
 
 
 def _local(submitit: Any, todo: list[Any], out: Path, opts: dict[str, Any], n: int, folder: Path,
-           poll_seconds: float, log: Callable[[str], None], executor: Any) -> dict[str, str]:
+           poll_seconds: float, log: Callable[[str], None], executor: Any,
+           on_done: Callable[[Any], None]) -> dict[str, str]:
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -200,12 +208,14 @@ def _local(submitit: Any, todo: list[Any], out: Path, opts: dict[str, Any], n: i
             else:
                 done += 1
                 log(f"[grid] {name}: done")
+                on_done(job)
             _count(log, len(queue), len(running), done, len(failures))
     return failures
 
 
 def _slurm(submitit: Any, todo: list[Any], out: Path, opts: dict[str, Any], n: int, slurm: SlurmOptions,
-           folder: Path, poll_seconds: float, log: Callable[[str], None], executor: Any) -> dict[str, str]:
+           folder: Path, poll_seconds: float, log: Callable[[str], None], executor: Any,
+           on_done: Callable[[Any], None]) -> dict[str, str]:
     ex = executor or submitit.AutoExecutor(folder=folder, cluster="slurm")
     if executor is None:
         ex.update_parameters(**slurm.parameters(n))
@@ -234,6 +244,8 @@ def _slurm(submitit: Any, todo: list[Any], out: Path, opts: dict[str, Any], n: i
             except Exception as e:
                 failures[name] = f"{_last_line(e)} (log: {_log_path(handle)})"
                 log(f"[grid] {name}: FAILED: {failures[name]}")
+            else:
+                on_done(job)
         counts = {s: sum(1 for v in states.values() if v == s) for s in set(states.values())}
         log("[grid] " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())))
         if pending:

@@ -92,7 +92,9 @@ def test_a_job_whose_run_is_held_elsewhere_is_submitted_again_not_failed(tmp_pat
     lines: list[str] = []
     ex = _Executor()
     launch = make_launcher("local", tmp_path, {}, jobs=2, poll_seconds=0, log=lines.append, executor=ex)
-    assert launch(jobs) == {}
+    finished: list[str] = []
+    assert launch(jobs, lambda job: finished.append(job.name)) == {}
+    assert sorted(finished) == ["erm-seed0", "erm-seed1"]  # each run reported once, when it is done
     assert ex.submitted == ["erm-seed0", "erm-seed1", "erm-seed0", "erm-seed1"]
     assert sum("held by another process" in line for line in lines) == 2
 

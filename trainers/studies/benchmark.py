@@ -181,7 +181,8 @@ class GridJob:
     name: str
 
 
-Launcher = Callable[[Sequence[GridJob]], dict[str, str]]  # trains + analyses the jobs; returns {name: failure}
+# trains + analyses the jobs, calling on_done(job) after each finished run; returns {name: failure}
+Launcher = Callable[[Sequence[GridJob], Callable[[GridJob], None]], dict[str, str]]
 
 
 def grid_jobs(base: TrainConfig, out_dir: str | Path, specs: Sequence[MethodSpec],
@@ -256,8 +257,8 @@ def run_benchmark(base: TrainConfig, out_dir: str | Path, *, specs: Sequence[Met
         analyze(ckpt, job.name)
         collect(job, time.perf_counter() - t_run)
 
-    if launch is not None:
-        failures = launch(jobs)
+    if launch is not None:  # benchmark.json is rewritten as each run finishes, and once more at the end
+        failures = launch(jobs, lambda job: collect(job, 0.0))
         for job in jobs:
             if job.name not in failures:
                 collect(job, 0.0)
