@@ -545,7 +545,7 @@ def test_knn_k_larger_than_the_bank_is_refused_when_given(tmp_path, capsys):
 @pytest.mark.parametrize("opt, message", [
     ("knn.k=0", "--opt knn option k: must be >= 1, got 0"),
     ("knn.temperature=-1", "--opt knn option temperature: must be > 0, got -1"),
-    ("calibration.n_bins=0", "--opt calibration option n_bins: must be >= 1, got 0"),
+    ("calibration.n_bins=0", "--opt calibration option n_bins: must be >= 1 and <= 100000, got 0"),
     ("robustness.max_examples=0", "--opt robustness option max_examples: must be >= 1, got 0"),
     ("ood.react_percentile=101", "--opt ood option react_percentile: must be > 0 and <= 100, got 101"),
     ("ood.vim_dim=0", "--opt ood option vim_dim: must be >= 1, got 0"),
