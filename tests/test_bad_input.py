@@ -110,7 +110,7 @@ def test_train_option_of_wrong_type_or_range(tmp_path, capsys, flag, value, what
     (["--set", "channels_last=maybe"], "--set option channels_last: expected bool or null, got 'maybe'"),
     (["--set", "epochs=0"], "train: epochs must be >= 1, got 0"),
     (["--set", "seed=-1"], "train: seed must be >= 0, got -1"),
-    (["--set", "lr=inf"], "train: lr must be > 0 and finite, got inf"),
+    (["--set", "lr=inf"], "--set option lr: expected a finite number, got 'inf'"),
     (["--set", "momentum=-1"], "train: momentum must be >= 0 and finite, got -1.0"),
     (["--set", "lr_gamma=0"], "train: lr_gamma must be > 0 and finite, got 0.0"),
     (["--set", "epochs"], "--set: expected key=value, got 'epochs'"),
