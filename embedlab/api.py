@@ -566,6 +566,15 @@ def report(results: Results | str | os.PathLike[str] | Iterable[Results | str | 
 
         render_report(inputs.results, out, title=title, studies=inputs.studies, workers=workers,
                       umap_kwargs=dict(umap) if umap else None)
+    for r in inputs.results:  # after the report: an error stays one line, a success names what it could not vouch for
+        if r.edited:
+            import warnings
+
+            from embedlab.errors import EmbedlabWarning
+
+            warnings.warn(EmbedlabWarning(f"{r.path} was changed after embedlab wrote it (its digest does not match "
+                                          f"its content); the report shows its numbers as they are now"),
+                          stacklevel=2)
     return out
 
 

@@ -231,8 +231,9 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 
 
 def max_workers() -> int:
-    """The most DataLoader worker processes a run may ask for: 4 per CPU core, at least 8."""
-    return max(8, 4 * (os.cpu_count() or 1))
+    """The most DataLoader worker processes a run may ask for: 4 per CPU core, at least 64 (a recipe written for a
+    GPU server stays valid on a laptop)."""
+    return max(64, 4 * (os.cpu_count() or 1))
 
 
 @dataclasses.dataclass
@@ -290,7 +291,7 @@ class TrainConfig:
             raise EmbedlabError(f"{where}: milestones must be increasing epochs >= 1, got {list(self.milestones)}")
         if not 0 <= self.num_workers <= max_workers():
             raise EmbedlabError(f"{where}: num_workers (--workers) must be 0 .. {max_workers()} (4 × the "
-                                f"{os.cpu_count() or 1} CPU cores, at least 8), got {self.num_workers}")
+                                f"{os.cpu_count() or 1} CPU cores, at least 64), got {self.num_workers}")
         if self.seed > MAX_SEED:
             raise EmbedlabError(f"{where}: seed must be <= 2**63 - 1, got {self.seed}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):

@@ -48,6 +48,13 @@ class ModelResult:
     thumbnail_index: np.ndarray | None = field(default=None, repr=False)  # (n,) int64: rows of ``embeddings``
 
     @property
+    def edited(self) -> bool:
+        """True when results.json was changed after embedlab wrote it (its recorded digest does not match)."""
+        from embedlab.io import digest_ok
+
+        return digest_ok(self.results) is False
+
+    @property
     def metrics(self) -> dict[str, dict[str, Any]]:
         """``results["metrics"]``: metric name -> {"value", "higher_is_better", "analysis", "settings", ...}."""
         return self.results.get("metrics") or {}
@@ -260,15 +267,6 @@ def _load_one(json_path: Path) -> ModelResult:
         except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as e:  # a guard: upgrade_v1 is total
             raise EmbedlabError(f"cannot upgrade schema version 1 results file {json_path}: {_one_line(e)}") from e
 
-    from embedlab.io import digest_ok
-
-    if digest_ok(results) is False:  # written with a digest, changed since: say so (the numbers may not be embedlab's)
-        import warnings
-
-        from embedlab.errors import EmbedlabWarning
-
-        warnings.warn(EmbedlabWarning(f"{json_path} was changed after embedlab wrote it (its digest does not match "
-                                      f"its content); its numbers are shown as they are now"), stacklevel=2)
     arrays_name = results.get("arrays") or "arrays.npz"
     if not isinstance(arrays_name, str):
         raise EmbedlabError(f"invalid results file {json_path}: 'arrays' must be a file name")
