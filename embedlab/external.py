@@ -745,17 +745,22 @@ def load_sentence_encoder(folder: Path, embedding: str | None) -> SentenceEncode
     return SentenceEncoder(st, layer).eval()
 
 
+def _read_json(path: Path) -> Any:
+    """A model folder's JSON file, or one line naming it when it is not JSON or nested too deeply to parse."""
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise EmbedlabError(f"{path}: not a JSON file ({str(e).splitlines()[0][:200]})") from None
+    except RecursionError:
+        raise EmbedlabError(f"{path}: JSON nested too deeply") from None
+
+
 def _check_modules_json(folder: Path) -> None:
     """``modules.json`` must be a list of ``{"path": str, "type": "package.Class", ...}`` entries: one line for
     anything else, before sentence-transformers imports anything it names (it refuses classes outside its own
     package; a function, an int or a loss class there is a traceback from it otherwise)."""
     where = folder / "modules.json"
-    try:
-        entries = json.loads(where.read_bytes())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise EmbedlabError(f"{where}: not a JSON file ({str(e).splitlines()[0][:200]})") from None
-    except RecursionError:
-        raise EmbedlabError(f"{where}: JSON nested too deeply") from None
+    entries = _read_json(where)
     if not isinstance(entries, list) or not entries:
         raise EmbedlabError(f"{where}: expected a non-empty list of modules, got {type(entries).__name__}")
     for i, e in enumerate(entries):
@@ -1002,12 +1007,7 @@ def refuse_custom_code(folder: Path) -> None:
             continue
         if f.stat().st_size > MAX_CONFIG_BYTES:
             raise EmbedlabError(f"{f}: {f.stat().st_size >> 20} MiB is too large for a config file")
-        try:
-            data = json.loads(f.read_bytes())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise EmbedlabError(f"{f}: not a JSON file ({str(e).splitlines()[0][:200]})") from None
-        except RecursionError:
-            raise EmbedlabError(f"{f}: JSON nested too deeply") from None
+        data = _read_json(f)
         if isinstance(data, dict):  # a class count transformers would build label tables for while reading it
             for key in ("num_labels", "id2label", "label2id"):
                 n = data.get(key)

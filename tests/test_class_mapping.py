@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import embedlab
 from embedlab.data import create_dataset
 from embedlab.errors import EmbedlabError, EmbedlabWarning
 from embedlab.text import TextData
+from tests.test_cache_keys import _brightness_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,14 +31,6 @@ def _folder(root: Path, layout: dict[str, tuple[str, ...]], per_class: int = 3) 
             for i in range(per_class):
                 value = 30 + i if c == "cat" else 220 + i
                 Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(root / split / c / f"{i}.png")
-
-
-def _brightness_net() -> nn.Module:
-    net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
-    with torch.no_grad():
-        net[2].weight.copy_(torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
-        net[2].bias.copy_(torch.tensor([1.5, -1.5]))
-    return net
 
 
 def test_a_test_split_lacking_a_training_class_keeps_the_training_indices(tmp_path):

@@ -17,26 +17,12 @@ import torch
 
 from embedlab.cli import main
 from embedlab.errors import EmbedlabError
+from tests.test_hostile_input import _error, _outcome
 from tests.test_text import _write_texts, encoder  # noqa: F401 - the fixture: a tiny sentence-transformers folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 transformers = pytest.importorskip("transformers", reason="the huggingface kind needs embedlab[hf] (transformers)")
-
-
-def _outcome(capsys, *argv) -> tuple[int, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    return rc, capsys.readouterr().err
-
-
-def _error(capsys, *argv) -> str:
-    rc, err = _outcome(capsys, *argv)
-    lines = err.strip().splitlines()
-    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, (rc, err)
-    return lines[0]
 
 
 def _cli(*argv, cwd: Path, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ import pytest
 
 import embedlab
 from embedlab.cli import main
+from tests.test_hostile_input import _error, _outcome as _run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,22 +31,6 @@ def res(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("res")
     embedlab.evaluate(train=_arrays(), test=_arrays(), name="emb", analyses="knn,calibration", out=root)
     return root
-
-
-def _run(capsys, *argv) -> tuple[int, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    return rc, capsys.readouterr().err
-
-
-def _error(capsys, *argv) -> str:
-    rc, err = _run(capsys, *argv)
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def _state(folder: Path) -> dict[str, tuple[int, bytes]]:
